@@ -1,0 +1,67 @@
+# lass: `make serve` and `make test` set up everything they need, idempotently.
+# Set-up is keyed on a hash of pyproject.toml and the Debian package lists below:
+# a second run with nothing changed spends a few seconds on it.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# kenlm (built from source) still declares cmake_minimum_required < 3.5, which the
+# cmake 4 that pip pulls into its build environment refuses without this.
+export CMAKE_POLICY_VERSION_MINIMUM := 3.5
+.DEFAULT_GOAL := help
+
+VENV := .venv
+# This machine's pip config lists local indexes that warn on every package; keep logs readable.
+QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
+PY := $(VENV)/bin/python
+# Debian packages the service needs at run time (none beyond the wheels yet;
+# espeak-ng lets `lass train corpus` synthesize speech on the serving image too).
+RUN_APT := espeak-ng
+# ... and what tests, the trainer's corpus builder and metric checks need.
+TEST_APT := espeak-ng sox prometheus chromium chromium-driver \
+	fortunes-min fortunes-de fortunes-it fortunes-es fortunes-pl fortunes-ru fortunes-cs fortunes-br
+SPEC := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+RUN_STAMP := $(VENV)/.stamp-run-$(SPEC)
+DEV_STAMP := $(VENV)/.stamp-dev-$(SPEC)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: help setup setup-dev serve test lint typecheck pytest clean
+
+help:
+	@echo "make serve   set up and start the service on http://$(HOST):$(PORT)"
+	@echo "make test    set up and run every check and test"
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(RUN_STAMP): | $(PY)
+	@bash scripts/apt-ensure.sh $(RUN_APT)
+	$(PY) -m pip install -q -e . $(QUIET_PIP)
+	@rm -f $(VENV)/.stamp-run-* && touch $@
+
+$(DEV_STAMP): $(RUN_STAMP)
+	@bash scripts/apt-ensure.sh $(TEST_APT)
+	$(PY) -m pip install -q -e '.[dev]' $(QUIET_PIP)
+	@rm -f $(VENV)/.stamp-dev-* && touch $@
+
+setup: $(RUN_STAMP)
+
+setup-dev: $(DEV_STAMP)
+
+serve: setup
+	LASS_HOST=$(HOST) LASS_PORT=$(PORT) $(VENV)/bin/lass serve
+
+lint: setup-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup-dev
+	$(VENV)/bin/mypy lass model service bench
+
+pytest: setup-dev
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: each module is runnable as a script and as ``lass bench <name>``."""

@@ -1,0 +1,5 @@
+"""``python -m lass`` is the ``lass`` command."""
+
+from lass.cli import app
+
+app()

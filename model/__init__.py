@@ -1,0 +1,1 @@
+"""lass model core: backbone, language masks, mixed-language masked execution, bundles."""

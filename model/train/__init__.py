@@ -1,0 +1,1 @@
+"""lass offline trainer: corpus to bundle. The service never imports this package."""

@@ -1,0 +1,1 @@
+"""Corpus: manifests, importers, the synthetic espeak-ng corpus, batching."""

@@ -1,0 +1,1 @@
+"""lass service: the transcription server. Imports ``model``, never ``model.train``."""
