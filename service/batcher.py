@@ -1,0 +1,275 @@
+"""Dynamic batcher: an async queue of work items turned into batches (pure asyncio, no torch).
+
+A work item is one utterance or one chunk of a long one, with its language (``group``).
+The scheduler loop forms a batch when the worker is free and either enough compatible
+items are pending or the oldest has waited ``max_wait_s``. A batch is anchored on the
+oldest pending item (first come, first served) and filled with the pending items whose
+lengths are closest to it (less padding) while it stays within ``max_batch_size`` and the
+padded-samples budget. Policies:
+
+- ``mixed``: items of any languages share a batch (the model runs each sample through its
+  own language's sub-network);
+- ``language``: a batch holds one language only;
+- ``max_batch_size=1``: no batching.
+
+Items of different ``kind`` (``"asr"``, ``"lid"``) never share a batch. The queue is
+bounded (:class:`QueueFull`), items carry a deadline (:class:`DeadlineExceeded` when it
+passes before they are scheduled) and cancelled items (client gone) are dropped unrun.
+Only one batch runs at a time: the runner owns the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+log = logging.getLogger("lass.batcher")
+
+BatchMode = Literal["mixed", "language"]
+
+
+class QueueFull(Exception):
+    """The bounded queue holds ``max_queue_size`` items already."""
+
+
+class DeadlineExceeded(Exception):
+    """The item's deadline passed before it ran."""
+
+
+class ShuttingDown(Exception):
+    """The batcher no longer accepts work."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How batches are formed."""
+
+    mode: BatchMode = "mixed"
+    max_batch_size: int = 16
+    max_batch_samples: int = 160 * 16_000  # padded samples per batch: B * longest item
+    max_wait_s: float = 0.01
+    max_queue_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("mixed", "language"):
+            raise ValueError(f"mode must be 'mixed' or 'language', not {self.mode!r}")
+        if self.max_batch_size < 1 or self.max_batch_samples < 1 or self.max_queue_size < 1:
+            raise ValueError("max_batch_size, max_batch_samples, max_queue_size must be >= 1")
+        if self.max_wait_s < 0:
+            raise ValueError("max_wait_s must be >= 0")
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One unit of model work: an utterance or a chunk of one.
+
+    ``payload`` is opaque to the batcher (the engine puts the samples there);
+    ``num_samples`` is the item's length, used for grouping and the padding budget.
+    """
+
+    payload: Any
+    num_samples: int
+    group: str
+    kind: str = "asr"
+    deadline: float = math.inf
+    request_id: str = ""
+    enqueued_at: float = 0.0
+    future: asyncio.Future[Any] = field(init=False, repr=False)
+
+
+@dataclass
+class Batch:
+    """Items that run through the model together."""
+
+    id: int
+    items: list[WorkItem]
+    kind: str
+    created_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    @property
+    def max_samples(self) -> int:
+        return max(item.num_samples for item in self.items)
+
+    @property
+    def padded_samples(self) -> int:
+        return self.size * self.max_samples
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the padded batch that is padding, in [0, 1)."""
+        real = sum(item.num_samples for item in self.items)
+        return 1.0 - real / max(self.padded_samples, 1)
+
+    @property
+    def groups(self) -> list[str]:
+        return sorted({item.group for item in self.items})
+
+
+Runner = Callable[[Batch], Awaitable[None]]
+BatchHook = Callable[[Batch], None]
+
+
+class Batcher:
+    """Queue + scheduler loop feeding ``runner`` one batch at a time.
+
+    ``runner(batch)`` must settle every item's future (result or exception); if it raises,
+    the batcher fails the items it left unsettled with that exception.
+    """
+
+    def __init__(
+        self,
+        policy: BatchPolicy,
+        runner: Runner,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        self.policy = policy
+        self._runner = runner
+        self._clock = clock
+        self._on_batch = on_batch
+        self._pending: list[WorkItem] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._ids = itertools.count(1)
+        self.expired = 0
+
+    # --- public API -------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Pending (not yet scheduled) items."""
+        return len(self._pending)
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closed
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    def submit(self, item: WorkItem) -> asyncio.Future[Any]:
+        """Queue ``item``; returns the future its result lands in.
+
+        Raises :class:`QueueFull` or :class:`ShuttingDown` at once instead of queueing.
+        """
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")
+        if len(self._pending) >= self.policy.max_queue_size:
+            raise QueueFull(f"queue holds {len(self._pending)} items")
+        item.enqueued_at = self._clock()
+        item.future = asyncio.get_running_loop().create_future()
+        self._pending.append(item)
+        self._idle.clear()
+        self._wake.set()
+        return item.future
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop accepting; with ``drain`` finish what is queued first, else fail it."""
+        self._closed = True
+        if drain and self._task is not None and not self._task.done():
+            self._wake.set()
+            await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown("the server is shutting down"))
+        self._pending.clear()
+        self._idle.set()
+
+    # --- scheduling -------------------------------------------------------------
+    def _compatible(self, anchor: WorkItem, item: WorkItem) -> bool:
+        if item.kind != anchor.kind:
+            return False
+        return self.policy.mode == "mixed" or item.group == anchor.group
+
+    def _drop_dead(self) -> None:
+        """Remove cancelled items and fail those past their deadline."""
+        now = self._clock()
+        keep: list[WorkItem] = []
+        for item in self._pending:
+            if item.future.done():
+                continue
+            if now > item.deadline:
+                self.expired += 1
+                item.future.set_exception(DeadlineExceeded("request timed out in the queue"))
+                continue
+            keep.append(item)
+        self._pending = keep
+
+    def _full(self, anchor: WorkItem) -> bool:
+        candidates = [it for it in self._pending if self._compatible(anchor, it)]
+        if len(candidates) >= self.policy.max_batch_size:
+            return True
+        longest = max(it.num_samples for it in candidates)
+        return len(candidates) * longest >= self.policy.max_batch_samples
+
+    def select(self) -> Batch:
+        """Take the next batch off the queue (the queue must not be empty)."""
+        anchor = self._pending[0]
+        candidates = sorted(
+            (it for it in self._pending[1:] if self._compatible(anchor, it)),
+            key=lambda it: abs(it.num_samples - anchor.num_samples),
+        )
+        chosen = [anchor]
+        longest = anchor.num_samples
+        for item in candidates:
+            if len(chosen) >= self.policy.max_batch_size:
+                break
+            new_longest = max(longest, item.num_samples)
+            if (len(chosen) + 1) * new_longest > self.policy.max_batch_samples:
+                continue  # a shorter one further down may still fit
+            chosen.append(item)
+            longest = new_longest
+        taken = set(map(id, chosen))
+        self._pending = [it for it in self._pending if id(it) not in taken]
+        # Keep the batch in queue order so results are easy to follow in logs.
+        chosen.sort(key=lambda it: it.enqueued_at)
+        return Batch(next(self._ids), chosen, anchor.kind, self._clock())
+
+    async def _loop(self) -> None:
+        while True:
+            self._drop_dead()
+            if not self._pending:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            anchor = self._pending[0]
+            wait_left = anchor.enqueued_at + self.policy.max_wait_s - self._clock()
+            if wait_left > 0 and not self._closed and not self._full(anchor):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait_left)
+                continue
+            batch = self.select()
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(batch)
+                except Exception:  # a broken hook must not stop serving
+                    log.exception("batch hook failed")
+            try:
+                await self._runner(batch)
+            except Exception as exc:
+                log.exception("batch %d failed", batch.id)
+                for item in batch.items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)

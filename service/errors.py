@@ -1,0 +1,112 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Every error a client can cause is an :class:`ApiError` (or an audio error carrying the same
+fields); the handlers installed by :func:`install_error_handlers` turn them, FastAPI's
+validation errors and plain HTTP errors into that JSON body, so no client input ever
+yields a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("lass.service")
+
+
+class ApiError(Exception):
+    """An error answered as JSON in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def bad_field(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    """A 400 naming the offending request field."""
+    return ApiError(400, message, param=param, code=code)
+
+
+def from_audio_error(exc: Exception) -> ApiError:
+    """Map an audio decoding error (``service.audio``) to an :class:`ApiError`.
+
+    Audio errors carry ``status`` and optionally ``type``/``code``/``param``.
+    """
+    return ApiError(
+        int(getattr(exc, "status", 400)),
+        str(exc) or type(exc).__name__,
+        type=getattr(exc, "type", None) or getattr(exc, "error_type", None),
+        param=getattr(exc, "param", "file"),
+        code=getattr(exc, "code", None),
+    )
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    message = f"{param}: {first.get('msg', 'invalid value')}" if param else "invalid request"
+    return ApiError(422, message, param=param, code="invalid_value").response()
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return ApiError(
+        exc.status_code,
+        str(exc.detail),
+        code=codes.get(exc.status_code),
+        headers=dict(exc.headers or {}),
+    ).response()
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return ApiError(500, "internal server error", code="internal_error").response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error in OpenAI's JSON shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
