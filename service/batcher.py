@@ -13,7 +13,7 @@ padded-samples budget. Policies:
 - ``max_batch_size=1``: no batching.
 
 Items of different ``kind`` (``"asr"``, ``"lid"``) never share a batch. The queue is
-bounded (:class:`QueueFull`), items carry a deadline (:class:`DeadlineExceeded` when it
+bounded (:class:`QueueFullError`), items carry a deadline (:class:`DeadlineExceededError` when it
 passes before they are scheduled) and cancelled items (client gone) are dropped unrun.
 Only one batch runs at a time: the runner owns the device.
 """
@@ -35,15 +35,15 @@ log = logging.getLogger("lass.batcher")
 BatchMode = Literal["mixed", "language"]
 
 
-class QueueFull(Exception):
+class QueueFullError(Exception):
     """The bounded queue holds ``max_queue_size`` items already."""
 
 
-class DeadlineExceeded(Exception):
+class DeadlineExceededError(Exception):
     """The item's deadline passed before it ran."""
 
 
-class ShuttingDown(Exception):
+class ShuttingDownError(Exception):
     """The batcher no longer accepts work."""
 
 
@@ -165,12 +165,12 @@ class Batcher:
     def submit(self, item: WorkItem) -> asyncio.Future[Any]:
         """Queue ``item``; returns the future its result lands in.
 
-        Raises :class:`QueueFull` or :class:`ShuttingDown` at once instead of queueing.
+        Raises :class:`QueueFullError` or :class:`ShuttingDownError` at once instead of queueing.
         """
         if self._closed:
-            raise ShuttingDown("the server is shutting down")
+            raise ShuttingDownError("the server is shutting down")
         if len(self._pending) >= self.policy.max_queue_size:
-            raise QueueFull(f"queue holds {len(self._pending)} items")
+            raise QueueFullError(f"queue holds {len(self._pending)} items")
         item.enqueued_at = self._clock()
         item.future = asyncio.get_running_loop().create_future()
         self._pending.append(item)
@@ -191,7 +191,7 @@ class Batcher:
             self._task = None
         for item in self._pending:
             if not item.future.done():
-                item.future.set_exception(ShuttingDown("the server is shutting down"))
+                item.future.set_exception(ShuttingDownError("the server is shutting down"))
         self._pending.clear()
         self._idle.set()
 
@@ -210,7 +210,7 @@ class Batcher:
                 continue
             if now > item.deadline:
                 self.expired += 1
-                item.future.set_exception(DeadlineExceeded("request timed out in the queue"))
+                item.future.set_exception(DeadlineExceededError("request timed out in the queue"))
                 continue
             keep.append(item)
         self._pending = keep

@@ -62,12 +62,12 @@ def bad_field(param: str, message: str, code: str = "invalid_value") -> ApiError
 def from_audio_error(exc: Exception) -> ApiError:
     """Map an audio decoding error (``service.audio``) to an :class:`ApiError`.
 
-    Audio errors carry ``status`` and optionally ``type``/``code``/``param``.
+    Audio errors carry ``status_code``, ``error_type``, ``code``, ``param`` and ``message``.
     """
     return ApiError(
-        int(getattr(exc, "status", 400)),
-        str(exc) or type(exc).__name__,
-        type=getattr(exc, "type", None) or getattr(exc, "error_type", None),
+        int(getattr(exc, "status_code", 400)),
+        str(getattr(exc, "message", "") or exc or type(exc).__name__),
+        type=getattr(exc, "error_type", None),
         param=getattr(exc, "param", "file"),
         code=getattr(exc, "code", None),
     )

@@ -13,9 +13,9 @@ from service.batcher import (
     Batch,
     Batcher,
     BatchPolicy,
-    DeadlineExceeded,
-    QueueFull,
-    ShuttingDown,
+    DeadlineExceededError,
+    QueueFullError,
+    ShuttingDownError,
     WorkItem,
 )
 
@@ -51,7 +51,9 @@ def test_mixed_languages_share_one_batch() -> None:
         rec = Recorder()
         batcher = Batcher(BatchPolicy(max_batch_size=8, max_wait_s=0.05), rec)
         batcher.start()
-        futures = [batcher.submit(item(i, lang=lang)) for i, lang in enumerate("en de es it".split())]
+        futures = [
+            batcher.submit(item(i, lang=lang)) for i, lang in enumerate("en de es it".split())
+        ]
         results = await asyncio.gather(*futures)
         assert [r[1] for r in results] == [0, 1, 2, 3]
         assert len(rec.batches) == 1
@@ -164,7 +166,7 @@ def test_queue_full_is_raised_at_submit() -> None:
         running = batcher.submit(item(0))
         await asyncio.sleep(0.02)  # item 0 is in the runner now, the queue is empty
         queued = [batcher.submit(item(1)), batcher.submit(item(2))]
-        with pytest.raises(QueueFull):
+        with pytest.raises(QueueFullError):
             batcher.submit(item(3))
         assert batcher.depth == 2
         rec.gate.set()
@@ -186,7 +188,7 @@ def test_deadline_passes_in_queue() -> None:
         ok = batcher.submit(item(2))
         await asyncio.sleep(0.1)
         rec.gate.set()
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceededError):
             await late
         await asyncio.gather(running, ok)
         assert batcher.expired == 1
@@ -261,7 +263,7 @@ def test_stop_drains_then_refuses() -> None:
         futures = [batcher.submit(item(i)) for i in range(5)]
         await batcher.stop(drain=True)
         assert all(f.done() and not f.exception() for f in futures)
-        with pytest.raises(ShuttingDown):
+        with pytest.raises(ShuttingDownError):
             batcher.submit(item(9))
 
     run(main)
