@@ -1,0 +1,431 @@
+"""CTC decoding per language: greedy and pyctcdecode beam search, with word timestamps.
+
+Every language decodes over its own alphabet only: the logits of the shared vocabulary
+``[B, F, V]`` are sliced to the language's columns (blank first, then its characters,
+``Vocabulary.language_token_ids``) and renormalised there with a log-softmax. A frame is
+``FRAME_SECONDS`` (20 ms, the stride of every backbone preset) long; a word spans from the
+first frame of its first character to the end of the last frame of its last character.
+
+Both decoders take a batch ``logits [B, F, V]``, ``lengths [B]`` (valid frames) and one
+language per sample, so a mixed-language batch from the service decodes in one call.
+``BeamDecoders`` builds one pyctcdecode decoder per (language, with LM or not) once and
+caches it (loading an LM is slow); decoders are safe to use from worker threads: the
+cache is guarded by a lock and pyctcdecode keeps all per-call state local.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FRAME_SECONDS = 0.02
+BLANK_ID = 0
+
+# pyctcdecode logs an INFO/WARNING line per decoder about alphabet style and small unigram
+# sets (ours are small by design in tests); they carry no information for lass's users.
+logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
+
+
+class VocabularyLike(Protocol):
+    """What decoding needs from ``model.vocab.Vocabulary``."""
+
+    tokens: list[str]
+
+    def language_token_ids(self, language: str) -> list[int]: ...
+
+    def normalize(self, text: str, language: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognised word; times in seconds from the start of the decoded audio."""
+
+    word: str
+    start: float
+    end: float
+    probability: float | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of words without a long pause, for subtitle-style output."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...]
+    avg_logprob: float | None
+
+
+@dataclass
+class Transcript:
+    """The decoding of one utterance.
+
+    ``logprob``: natural-log score of the decoded CTC path (greedy: sum of the chosen
+    frames' log-probabilities; beam: pyctcdecode's acoustic score). ``lm_score``: beam
+    search's combined score with the LM and hotwords (None for greedy).
+    """
+
+    text: str
+    language: str
+    words: list[Word]
+    duration: float
+    logprob: float | None = None
+    lm_score: float | None = None
+
+    def segments(self, max_gap: float = 0.6, max_words: int = 40) -> list[Segment]:
+        """Split the words at pauses longer than ``max_gap`` s or after ``max_words``."""
+        groups: list[list[Word]] = []
+        for w in self.words:
+            if groups and w.start - groups[-1][-1].end <= max_gap and len(groups[-1]) < max_words:
+                groups[-1].append(w)
+            else:
+                groups.append([w])
+        out = []
+        for g in groups:
+            probs = [w.probability for w in g if w.probability is not None]
+            avg = (
+                sum(math.log(max(p, 1e-12)) for p in probs) / len(probs)
+                if len(probs) == len(g)
+                else None
+            )
+            text = " ".join(w.word for w in g)
+            out.append(Segment(g[0].start, g[-1].end, text, tuple(g), avg))
+        return out
+
+    def shifted(self, offset: float) -> Transcript:
+        """The same transcript with every time moved by ``offset`` seconds (for chunks)."""
+        words = [replace(w, start=w.start + offset, end=w.end + offset) for w in self.words]
+        return replace(self, words=words)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "text": self.text,
+            "language": self.language,
+            "duration": self.duration,
+            "logprob": self.logprob,
+            "lm_score": self.lm_score,
+            "words": [
+                {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+                for w in self.words
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class LanguageColumns:
+    """A language's slice of the vocabulary: ``ids[0]`` is the blank."""
+
+    language: str
+    ids: tuple[int, ...]
+    labels: tuple[str, ...]  # pyctcdecode labels: "" for the blank, " " separates words
+
+    @classmethod
+    def of(cls, vocab: VocabularyLike, language: str) -> LanguageColumns:
+        ids = list(vocab.language_token_ids(language))
+        if BLANK_ID in ids:
+            ids.remove(BLANK_ID)
+        ids.insert(0, BLANK_ID)
+        labels = ["", *(vocab.tokens[i] for i in ids[1:])]
+        return cls(language, tuple(ids), tuple(labels))
+
+
+def language_log_probs(logits: Tensor, columns: LanguageColumns) -> Tensor:
+    """Log-probabilities over one language's columns: ``[..., V] -> [..., len(columns)]``."""
+    index = torch.tensor(columns.ids, device=logits.device)
+    return torch.log_softmax(logits.index_select(-1, index).float(), dim=-1)
+
+
+def _check_batch(
+    logits: Tensor, lengths: Tensor | Sequence[int], languages: Sequence[str]
+) -> list[int]:
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [B, F, V], got shape {tuple(logits.shape)}")
+    lens = [int(x) for x in (lengths.tolist() if isinstance(lengths, Tensor) else lengths)]
+    if len(lens) != logits.shape[0] or len(languages) != logits.shape[0]:
+        raise ValueError(
+            f"batch of {logits.shape[0]} logits with {len(lens)} lengths "
+            f"and {len(languages)} languages"
+        )
+    if any(n < 0 or n > logits.shape[1] for n in lens):
+        raise ValueError(f"lengths {lens} outside 0..{logits.shape[1]} frames")
+    return lens
+
+
+def _group_by_language(languages: Sequence[str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, lang in enumerate(languages):
+        groups.setdefault(lang, []).append(i)
+    return groups
+
+
+class ColumnCache:
+    """``LanguageColumns`` per language, computed once (thread-safe: dict writes are atomic
+    and recomputing is harmless)."""
+
+    def __init__(self, vocab: VocabularyLike) -> None:
+        self.vocab = vocab
+        self._columns: dict[str, LanguageColumns] = {}
+
+    def __call__(self, language: str) -> LanguageColumns:
+        cols = self._columns.get(language)
+        if cols is None:
+            cols = LanguageColumns.of(self.vocab, language)
+            self._columns[language] = cols
+        return cols
+
+
+def greedy_path_to_transcript(
+    best: np.ndarray, best_logp: np.ndarray, columns: LanguageColumns
+) -> Transcript:
+    """Collapse one best path into text and words.
+
+    best: [F] int, index into ``columns`` per frame (0 = blank); best_logp: [F] its
+    log-probability. A word's probability is the geometric mean, over the frames where its
+    characters are emitted, of the winning frame probability.
+    """
+    frames = len(best)
+    words: list[Word] = []
+    chars: list[str] = []
+    start = end = -1
+    logps: list[float] = []
+
+    def flush() -> None:
+        if chars:
+            p = math.exp(sum(logps) / len(logps))
+            words.append(Word("".join(chars), start * FRAME_SECONDS, end * FRAME_SECONDS, p))
+            chars.clear()
+            logps.clear()
+
+    prev = -1
+    for f in range(frames):
+        k = int(best[f])
+        if k == prev:
+            if k != 0 and chars and columns.labels[k] != " ":
+                end = f + 1  # a repeated frame extends the current character
+            continue
+        prev = k
+        if k == 0:
+            continue
+        label = columns.labels[k]
+        if label == " " or label.isspace():
+            flush()
+            continue
+        if not chars:
+            start = f
+        chars.append(label)
+        logps.append(float(best_logp[f]))
+        end = f + 1
+    flush()
+    return Transcript(
+        text=" ".join(w.word for w in words),
+        language=columns.language,
+        words=words,
+        duration=frames * FRAME_SECONDS,
+        logprob=float(best_logp.sum()) if frames else 0.0,
+    )
+
+
+def greedy_decode_batch(
+    logits: Tensor,
+    lengths: Tensor | Sequence[int],
+    languages: Sequence[str],
+    vocab: VocabularyLike | ColumnCache,
+) -> list[Transcript]:
+    """Greedy CTC decoding of a mixed-language batch.
+
+    logits: [B, F, V] over the whole vocabulary; lengths: [B] valid frames; languages: B
+    codes. Returns one ``Transcript`` per sample, in batch order.
+    """
+    lens = _check_batch(logits, lengths, languages)
+    columns = vocab if isinstance(vocab, ColumnCache) else ColumnCache(vocab)
+    out: list[Transcript | None] = [None] * len(lens)
+    with torch.no_grad():
+        for lang, rows in _group_by_language(languages).items():
+            cols = columns(lang)
+            logp = language_log_probs(logits[rows], cols)  # [b, F, Vl]
+            best_logp, best = logp.max(dim=-1)  # [b, F]
+            best_np = best.cpu().numpy()
+            best_logp_np = best_logp.cpu().numpy()
+            for j, i in enumerate(rows):
+                n = lens[i]
+                out[i] = greedy_path_to_transcript(best_np[j, :n], best_logp_np[j, :n], cols)
+    return [t for t in out if t is not None]
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    """pyctcdecode settings. ``alpha``/``beta``: LM weight and word insertion bonus
+    (only used with an LM); ``token_min_logp``: characters below this log-probability are
+    not expanded in a frame; ``beam_prune_logp``: beams this far below the best are cut."""
+
+    beam_width: int = 32
+    alpha: float = 0.5
+    beta: float = 1.0
+    unk_score_offset: float = -10.0
+    hotword_weight: float = 10.0
+    beam_prune_logp: float = -10.0
+    token_min_logp: float = -5.0
+
+
+class BeamDecoder:
+    """pyctcdecode beam search for one language, optionally with a KenLM model."""
+
+    def __init__(
+        self,
+        columns: LanguageColumns,
+        lm_path: Path | None = None,
+        config: BeamConfig | None = None,
+        unigrams: Sequence[str] | None = None,
+    ) -> None:
+        from pyctcdecode import build_ctcdecoder
+
+        self.columns = columns
+        self.lm_path = lm_path
+        self.config = config or BeamConfig()
+        if lm_path is not None and not Path(lm_path).is_file():
+            raise FileNotFoundError(f"language model not found: {lm_path}")
+        if lm_path is not None and unigrams is None and Path(lm_path).suffix != ".arpa":
+            unigrams = _sidecar_unigrams(Path(lm_path))
+        self._decoder = build_ctcdecoder(
+            list(columns.labels),
+            kenlm_model_path=str(lm_path) if lm_path is not None else None,
+            unigrams=unigrams,
+            alpha=self.config.alpha,
+            beta=self.config.beta,
+            unk_score_offset=self.config.unk_score_offset,
+        )
+
+    def decode(
+        self,
+        log_probs: np.ndarray,
+        hotwords: Sequence[str] | None = None,
+        hotword_weight: float | None = None,
+        beam_width: int | None = None,
+    ) -> Transcript:
+        """Decode ``log_probs [F, len(columns)]`` (this language's columns, log-softmaxed)."""
+        frames = int(log_probs.shape[0])
+        if frames == 0:
+            return Transcript("", self.columns.language, [], 0.0, 0.0, 0.0)
+        beams = self._decoder.decode_beams(
+            log_probs,
+            beam_width=beam_width or self.config.beam_width,
+            beam_prune_logp=self.config.beam_prune_logp,
+            token_min_logp=self.config.token_min_logp,
+            hotwords=list(hotwords) if hotwords else None,
+            hotword_weight=(
+                hotword_weight if hotword_weight is not None else self.config.hotword_weight
+            ),
+        )
+        text, _state, word_frames, acoustic, combined = beams[0]
+        words = [Word(w, s * FRAME_SECONDS, e * FRAME_SECONDS, None) for w, (s, e) in word_frames]
+        return Transcript(
+            text=text,
+            language=self.columns.language,
+            words=words,
+            duration=frames * FRAME_SECONDS,
+            logprob=float(acoustic),
+            lm_score=float(combined),
+        )
+
+    def close(self) -> None:
+        """Release the LM (pyctcdecode keeps it in a class-level registry)."""
+        self._decoder.cleanup()
+
+
+def _sidecar_unigrams(lm_path: Path) -> list[str] | None:
+    """Words of a binary LM from ``<lm>.unigrams.txt`` (binary files cannot list them)."""
+    side = lm_path.with_name(lm_path.name + ".unigrams.txt")
+    if not side.is_file():
+        return None
+    return [w for w in side.read_text(encoding="utf-8").split("\n") if w]
+
+
+@dataclass
+class BeamDecoders:
+    """Beam decoders for every language of a vocabulary, built on first use and cached.
+
+    lm_paths: language -> ARPA or KenLM binary file (languages without one decode
+    without an LM). Safe to call from several threads.
+    """
+
+    vocab: VocabularyLike
+    lm_paths: Mapping[str, Path] = field(default_factory=dict)
+    config: BeamConfig = field(default_factory=BeamConfig)
+
+    def __post_init__(self) -> None:
+        self.columns = ColumnCache(self.vocab)
+        self._decoders: dict[tuple[str, bool], BeamDecoder] = {}
+        self._lock = threading.Lock()
+        self._building: dict[tuple[str, bool], threading.Lock] = {}
+
+    def get(self, language: str, use_lm: bool = True) -> BeamDecoder:
+        """The decoder of ``language`` (with its LM when ``use_lm`` and one exists)."""
+        lm = self.lm_paths.get(language) if use_lm else None
+        key = (language, lm is not None)
+        decoder = self._decoders.get(key)
+        if decoder is not None:
+            return decoder
+        with self._lock:
+            build_lock = self._building.setdefault(key, threading.Lock())
+        # One builder per key; other languages are not blocked while an LM loads.
+        with build_lock:
+            decoder = self._decoders.get(key)
+            if decoder is None:
+                decoder = BeamDecoder(self.columns(language), lm, self.config)
+                self._decoders[key] = decoder
+        return decoder
+
+    def has_lm(self, language: str) -> bool:
+        return language in self.lm_paths
+
+    def decode_batch(
+        self,
+        logits: Tensor,
+        lengths: Tensor | Sequence[int],
+        languages: Sequence[str],
+        hotwords: Sequence[Sequence[str] | None] | None = None,
+        use_lm: bool = True,
+        beam_width: int | None = None,
+        hotword_weight: float | None = None,
+    ) -> list[Transcript]:
+        """Beam-search a mixed-language batch.
+
+        logits: [B, F, V]; lengths: [B] frames; languages: B codes; hotwords: per sample
+        (normalised to the sample's alphabet; words that normalise to nothing are dropped).
+        """
+        lens = _check_batch(logits, lengths, languages)
+        if hotwords is not None and len(hotwords) != len(lens):
+            raise ValueError(f"{len(hotwords)} hotword lists for a batch of {len(lens)}")
+        out: list[Transcript | None] = [None] * len(lens)
+        with torch.no_grad():
+            for lang, rows in _group_by_language(languages).items():
+                decoder = self.get(lang, use_lm)
+                logp = language_log_probs(logits[rows], decoder.columns).cpu().numpy()
+                for j, i in enumerate(rows):
+                    words = self._normalize_hotwords(hotwords[i] if hotwords else None, lang)
+                    out[i] = decoder.decode(logp[j, : lens[i]], words, hotword_weight, beam_width)
+        return [t for t in out if t is not None]
+
+    def _normalize_hotwords(self, words: Sequence[str] | None, language: str) -> list[str]:
+        if not words:
+            return []
+        normalized = (self.vocab.normalize(w, language) for w in words)
+        return [w for w in normalized if w.strip()]
+
+    def close(self) -> None:
+        """Release every cached decoder's LM."""
+        with self._lock:
+            for decoder in self._decoders.values():
+                decoder.close()
+            self._decoders.clear()

@@ -1,0 +1,345 @@
+"""Word n-gram language models for CTC beam search, written as ARPA by our own code.
+
+pip's ``kenlm`` package ships only the query module (no ``lmplz``), so lass estimates the
+model itself: **interpolated modified Kneser-Ney** smoothing (Chen & Goodman 1998, the
+scheme ``lmplz`` uses), with
+
+- KenLM-style sentence padding: one ``<s>`` and one ``</s>`` per sentence; n-grams that
+  start with ``<s>`` keep their raw counts at every order (nothing can precede ``<s>``),
+  all other lower-order n-grams use continuation counts (number of distinct left words);
+- three discounts per order (D1, D2, D3+) from the count-of-counts; when a small corpus
+  makes them undefined (a count-of-count is zero or a discount falls outside (0, k)),
+  that order falls back to (0.5, 1.0, 1.5), as ``lmplz --discount_fallback`` does;
+- unigrams interpolated with the uniform distribution over the vocabulary (words,
+  ``</s>`` and ``<unk>``), so ``<unk>`` gets exactly the leftover mass;
+- optional pruning of singletons (raw count 1) from a given order up; an n-gram that is
+  the prefix or suffix of a kept longer n-gram is never pruned, and the backoff weight of
+  a context that lost n-grams is recomputed so that its distribution still sums to one.
+
+ARPA stores an interpolated model exactly: the probability of an observed n-gram is the
+interpolated one, and the backoff weight of a context is its interpolation weight gamma.
+
+After the ARPA is written, ``build_binary`` (KenLM's tool) converts it to the binary
+format when it is found (``$LASS_KENLM_BUILD_BINARY`` or ``build_binary`` on ``PATH``);
+otherwise the ARPA is the result. ``kenlm.Model`` and pyctcdecode load either.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BOS = "<s>"
+EOS = "</s>"
+UNK = "<unk>"
+# log10 probability ARPA files give <s>, which is a context only and never predicted.
+BOS_LOG10_PROB = -99.0
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+
+NGram = tuple[str, ...]
+
+
+class LMError(Exception):
+    """Bad input or a failed conversion while building a language model."""
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """How to estimate the n-gram model.
+
+    ``prune_singletons_from``: None keeps every n-gram; k (>= 2) drops n-grams of order
+    >= k seen only once (``lmplz --prune 0 0 1`` is k = 3).
+    ``binary``: convert to KenLM's binary format when ``build_binary`` is available.
+    """
+
+    order: int = 3
+    prune_singletons_from: int | None = None
+    binary: bool = True
+
+    def __post_init__(self) -> None:
+        # KenLM loads bigram models and up; pip's kenlm is compiled with KENLM_MAX_ORDER=6.
+        if not 2 <= self.order <= 6:
+            raise LMError(f"order must be between 2 and 6, got {self.order}")
+        if self.prune_singletons_from is not None and self.prune_singletons_from < 2:
+            raise LMError("prune_singletons_from must be >= 2 (unigrams are never pruned)")
+
+
+@dataclass
+class NGramModel:
+    """An estimated model: log10 probabilities and backoff weights per order (1-based)."""
+
+    order: int
+    log10_prob: list[dict[NGram, float]] = field(default_factory=list)
+    log10_backoff: list[dict[NGram, float]] = field(default_factory=list)
+    discounts: list[tuple[float, float, float]] = field(default_factory=list)
+    fallback_orders: list[int] = field(default_factory=list)
+
+    def counts(self) -> list[int]:
+        """Number of n-grams per order, as in the ARPA header."""
+        return [len(p) for p in self.log10_prob]
+
+    def backoffs(self, n: int) -> dict[NGram, float]:
+        """log10 backoff weights of the order-``n`` contexts (created on first use)."""
+        while len(self.log10_backoff) < n:
+            self.log10_backoff.append({})
+        return self.log10_backoff[n - 1]
+
+
+_PUNCT = re.compile(r"[^\w\s']", flags=re.UNICODE)
+
+
+def default_normalize(text: str) -> str:
+    """NFC, lowercase, punctuation and symbols to spaces (apostrophes kept), one space."""
+    text = unicodedata.normalize("NFC", text).lower()
+    text = _PUNCT.sub(" ", text.replace("_", " "))
+    words = [w.strip("'") for w in text.split()]
+    return " ".join(w for w in words if w)
+
+
+def _sentences(lines: Iterable[str], normalize: Callable[[str], str]) -> list[list[str]]:
+    out = []
+    for line in lines:
+        words = normalize(line).split()
+        if words:
+            out.append(words)
+    return out
+
+
+def _raw_counts(sentences: Sequence[Sequence[str]], order: int) -> list[Counter[NGram]]:
+    """Raw counts of every n-gram (n = 1..order) in the padded sentences."""
+    counts: list[Counter[NGram]] = [Counter() for _ in range(order)]
+    for words in sentences:
+        padded = (BOS, *words, EOS)
+        for n in range(1, order + 1):
+            c = counts[n - 1]
+            for i in range(len(padded) - n + 1):
+                c[padded[i : i + n]] += 1
+    return counts
+
+
+def _adjusted_counts(raw: list[Counter[NGram]]) -> list[dict[NGram, int]]:
+    """Kneser-Ney counts: raw at the top order and for n-grams starting with <s>,
+    otherwise the number of distinct words seen to the left."""
+    order = len(raw)
+    adjusted: list[dict[NGram, int]] = [dict() for _ in range(order)]
+    adjusted[order - 1] = dict(raw[order - 1])
+    for n in range(order - 1, 0, -1):
+        left: Counter[NGram] = Counter(g[1:] for g in raw[n])  # distinct (n+1)-grams by suffix
+        adj = adjusted[n - 1]
+        for g, c in raw[n - 1].items():
+            adj[g] = c if g[0] == BOS else left[g]
+    return adjusted
+
+
+def _discounts(adjusted: dict[NGram, int]) -> tuple[tuple[float, float, float], bool]:
+    """Modified Kneser-Ney discounts (D1, D2, D3+) and whether the fallback was used."""
+    t = Counter(min(c, 4) for g, c in adjusted.items() if g != (BOS,))
+    t1, t2, t3, t4 = t[1], t[2], t[3], t[4]
+    if min(t1, t2, t3, t4) == 0:
+        return FALLBACK_DISCOUNTS, True
+    y = t1 / (t1 + 2 * t2)
+    d = (1 - 2 * y * t2 / t1, 2 - 3 * y * t3 / t2, 3 - 4 * y * t4 / t3)
+    if not all(0 < dk < k for k, dk in zip((1, 2, 3), d, strict=True)):
+        return FALLBACK_DISCOUNTS, True
+    return d, False
+
+
+def _kept(raw: list[Counter[NGram]], prune_from: int | None) -> list[set[NGram]]:
+    """N-grams that stay in the model: all, minus pruned singletons that no kept longer
+    n-gram needs as prefix or suffix (ARPA needs both in the file)."""
+    order = len(raw)
+    kept: list[set[NGram]] = [set() for _ in range(order)]
+    for n in range(order, 0, -1):
+        needed: set[NGram] = set()
+        if n < order:
+            for g in kept[n]:
+                needed.add(g[:-1])
+                needed.add(g[1:])
+        for g, c in raw[n - 1].items():
+            if prune_from is None or n < prune_from or c > 1 or g in needed:
+                kept[n - 1].add(g)
+    return kept
+
+
+def estimate(
+    lines: Iterable[str],
+    config: LMConfig | None = None,
+    normalize: Callable[[str], str] = default_normalize,
+) -> NGramModel:
+    """Estimate an interpolated modified Kneser-Ney model from text, one sentence a line."""
+    config = config or LMConfig()
+    sentences = _sentences(lines, normalize)
+    if not sentences:
+        raise LMError("no words in the language model's training text")
+    order = config.order
+    raw = _raw_counts(sentences, order)
+    adjusted = _adjusted_counts(raw)
+    kept = _kept(raw, config.prune_singletons_from)
+    model = NGramModel(order=order)
+
+    # Unigrams: discounted adjusted counts, interpolated with the uniform distribution.
+    uni = {g: c for g, c in adjusted[0].items() if g != (BOS,)}
+    d, fell_back = _discounts(adjusted[0])
+    model.discounts.append(d)
+    if fell_back:
+        model.fallback_orders.append(1)
+    vocab_size = len(uni) + 1  # + <unk>
+    total = sum(uni.values())
+    n_k = Counter(min(c, 3) for c in uni.values())
+    gamma = (d[0] * n_k[1] + d[1] * n_k[2] + d[2] * n_k[3]) / total
+    probs: dict[NGram, float] = {(UNK,): gamma / vocab_size}
+    for g, c in uni.items():
+        probs[g] = (c - d[min(c, 3) - 1]) / total + gamma / vocab_size
+    model.log10_prob.append({g: math.log10(p) for g, p in probs.items()})
+    model.log10_prob[0][(BOS,)] = BOS_LOG10_PROB
+    interpolated: dict[NGram, float] = probs  # lower-order p(w | h') for the next order
+
+    for n in range(2, order + 1):
+        adj = adjusted[n - 1]
+        d, fell_back = _discounts(adj)
+        model.discounts.append(d)
+        if fell_back:
+            model.fallback_orders.append(n)
+        by_context: dict[NGram, list[tuple[str, int]]] = defaultdict(list)
+        for g, c in adj.items():
+            by_context[g[:-1]].append((g[-1], c))
+        probs = {}
+        backoff: dict[NGram, float] = {}
+        for h, followers in by_context.items():
+            total = sum(c for _, c in followers)
+            n_k = Counter(min(c, 3) for _, c in followers)
+            gamma = (d[0] * n_k[1] + d[1] * n_k[2] + d[2] * n_k[3]) / total
+            kept_mass = lower_mass = 0.0
+            pruned_any = False
+            for w, c in followers:
+                g = (*h, w)
+                # Every observed n-gram's suffix is observed, so the lower order has it.
+                lower = interpolated[g[1:]]
+                p = (c - d[min(c, 3) - 1]) / total + gamma * lower
+                probs[g] = p
+                if g in kept[n - 1]:
+                    kept_mass += p
+                    lower_mass += lower
+                else:
+                    pruned_any = True
+            if pruned_any:
+                # Backoff that keeps sum_w p(w|h) = 1 once the pruned n-grams are gone.
+                gamma = max(1.0 - kept_mass, 1e-12) / max(1.0 - lower_mass, 1e-12)
+            backoff[h] = gamma
+        model.log10_prob.append({g: math.log10(p) for g, p in probs.items() if g in kept[n - 1]})
+        for h, b in backoff.items():
+            if h in kept[n - 2]:
+                model.backoffs(n - 1)[h] = math.log10(b)
+        interpolated = probs
+    return model
+
+
+def write_arpa(model: NGramModel, path: Path) -> None:
+    """Write ``model`` as an ARPA file (atomically: temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n\\data\\\n")
+            for n, count in enumerate(model.counts(), start=1):
+                f.write(f"ngram {n}={count}\n")
+            for n in range(1, model.order + 1):
+                f.write(f"\n\\{n}-grams:\n")
+                backoffs = model.backoffs(n)
+                for g in sorted(model.log10_prob[n - 1]):
+                    line = f"{model.log10_prob[n - 1][g]:.7f}\t{' '.join(g)}"
+                    if n < model.order and g in backoffs:
+                        line += f"\t{backoffs[g]:.7f}"
+                    elif n < model.order and g[-1] != EOS:
+                        line += "\t0"
+                    f.write(line + "\n")
+            f.write("\n\\end\\\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def find_build_binary() -> str | None:
+    """KenLM's ``build_binary`` tool: ``$LASS_KENLM_BUILD_BINARY`` or on ``PATH``."""
+    env = os.environ.get("LASS_KENLM_BUILD_BINARY")
+    if env:
+        return env if Path(env).is_file() else None
+    return shutil.which("build_binary")
+
+
+def to_binary(arpa: Path, out: Path, tool: str) -> Path:
+    """Convert an ARPA file with ``build_binary`` (probing structure); atomic."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    result = subprocess.run(
+        [tool, "-s", str(arpa), str(tmp)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise LMError(f"{tool} failed on {arpa}: {result.stderr.strip()[-500:]}")
+    os.replace(tmp, out)
+    return out
+
+
+def build_lm(
+    text: Path | str | Iterable[str],
+    out_path: Path | str,
+    order: int = 3,
+    prune_singletons_from: int | None = None,
+    binary: bool = True,
+    normalize: Callable[[str], str] = default_normalize,
+) -> Path:
+    """Build a word n-gram LM from text (a file path, or lines) and return the file written.
+
+    ``out_path`` names the result: with ``binary`` and ``build_binary`` available it gets a
+    ``.bin`` suffix and the ARPA next to it is removed; otherwise it gets ``.arpa``.
+    ``normalize`` maps a line to space-separated words (pass the vocabulary's normalizer
+    so that LM words use exactly the decoder's alphabet).
+    """
+    config = LMConfig(order=order, prune_singletons_from=prune_singletons_from, binary=binary)
+    if isinstance(text, str | Path):
+        source = Path(text)
+        if not source.is_file():
+            raise LMError(f"language model text not found: {source}")
+        with source.open(encoding="utf-8") as f:
+            model = estimate(f, config, normalize)
+    else:
+        model = estimate(text, config, normalize)
+    out = Path(out_path)
+    arpa = out.with_suffix(".arpa")
+    write_arpa(model, arpa)
+    tool = find_build_binary() if config.binary else None
+    if tool is None:
+        return arpa
+    binary_path = to_binary(arpa, out.with_suffix(".bin"), tool)
+    arpa.unlink()
+    return binary_path
+
+
+def read_arpa_counts(path: Path) -> tuple[list[int], list[int]]:
+    """(counts declared in the header, n-gram lines found per section) of an ARPA file."""
+    declared: list[int] = []
+    found: list[int] = []
+    section = 0
+    with path.open(encoding="utf-8") as f:
+        for raw_line in f:
+            line = raw_line.strip()
+            if line.startswith("ngram ") and section == 0:
+                declared.append(int(line.split("=", 1)[1]))
+            elif line.startswith("\\") and line.endswith("-grams:"):
+                section = int(line[1:].split("-", 1)[0])
+                found.append(0)
+            elif line == "\\end\\":
+                section = -1
+            elif line and section > 0:
+                found[section - 1] += 1
+    return declared, found

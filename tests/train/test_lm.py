@@ -1,0 +1,151 @@
+"""The n-gram LM builder: hand-checked Kneser-Ney values, normalisation, ARPA validity."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import kenlm
+import pytest
+
+from model.train.lm import (
+    LMConfig,
+    LMError,
+    build_lm,
+    default_normalize,
+    estimate,
+    find_build_binary,
+    read_arpa_counts,
+)
+
+CORPUS = [
+    "the cat sat on the mat",
+    "the dog sat on the log",
+    "a cat and a dog played",
+    "the cat ate the fish",
+    "my dog likes the cat",
+    "the mat is red",
+    "on the log sat a frog",
+    "the fish swam away",
+    "a red frog sat on a mat",
+    "the dog ate my fish",
+]
+
+
+def conditional(model: kenlm.Model, context: list[str], word: str) -> float:
+    """p(word | <s> context) from kenlm (linear scale)."""
+    state = kenlm.State()
+    model.BeginSentenceWrite(state)
+    for w in context:
+        out = kenlm.State()
+        model.BaseScore(state, w, out)
+        state = out
+    return 10.0 ** model.BaseScore(state, word, kenlm.State())
+
+
+def vocabulary(lines: list[str]) -> list[str]:
+    return [*sorted({w for line in lines for w in line.split()}), "</s>", "<unk>"]
+
+
+def test_hand_computed_kneser_ney(tmp_path: Path) -> None:
+    # Bigram model on "a b", "a c"; every count-of-count table is too small, so both
+    # orders use the fallback discounts (0.5, 1, 1.5). By hand :
+    # unigram continuation counts a=1 b=1 c=1 </s>=2, gamma=0.5, |V|=5 -> p(a)=0.2,
+    # p(</s>)=0.3, p(<unk>)=0.1; p(b|a) = 0.5/2 + 0.5*0.2 = 0.35; p(a|<s>) = 0.5 + 0.5*0.2;
+    # context b has one follower: gamma = 0.5, p(</s>|b) = 0.5 + 0.5*0.3, p(<unk>|b) = 0.5*0.1.
+    path = build_lm(["a b", "a c"], tmp_path / "tiny", order=2)
+    model = kenlm.Model(str(path))
+    assert conditional(model, ["a"], "b") == pytest.approx(0.35, abs=1e-6)
+    assert conditional(model, [], "a") == pytest.approx(0.6, abs=1e-6)
+    assert conditional(model, ["b"], "</s>") == pytest.approx(0.5 + 0.5 * 0.3, abs=1e-6)
+    assert conditional(model, ["b"], "zzz") == pytest.approx(0.5 * 0.1, abs=1e-6)
+    est = estimate(["a b", "a c"], LMConfig(order=2))
+    assert est.fallback_orders == [1, 2] and est.discounts[0] == (0.5, 1.0, 1.5)
+
+
+@pytest.mark.parametrize("prune", [None, 2, 3])
+def test_distributions_sum_to_one(tmp_path: Path, prune: int | None) -> None:
+    path = build_lm(CORPUS, tmp_path / "en", order=3, prune_singletons_from=prune, binary=False)
+    assert path.suffix == ".arpa"
+    declared, found = read_arpa_counts(path)
+    assert declared == found and len(declared) == 3
+    model = kenlm.Model(str(path))
+    assert model.order == 3
+    words = vocabulary(CORPUS)
+    for context in [[], ["the"], ["the", "cat"], ["sat", "on"], ["cat", "the"], ["zzz"], ["a"]]:
+        total = sum(conditional(model, context, w) for w in words)
+        assert total == pytest.approx(1.0, abs=1e-5), context
+
+
+def test_pruning_keeps_files_small_and_consistent(tmp_path: Path) -> None:
+    full = build_lm(CORPUS, tmp_path / "full", order=3, binary=False)
+    pruned = build_lm(CORPUS, tmp_path / "pruned", order=3, prune_singletons_from=2, binary=False)
+    full_counts, _ = read_arpa_counts(full)
+    pruned_counts, _ = read_arpa_counts(pruned)
+    assert pruned_counts[0] == full_counts[0]  # unigrams are never pruned
+    assert pruned_counts[1] < full_counts[1] and pruned_counts[2] < full_counts[2]
+    assert pruned.stat().st_size < full.stat().st_size
+    # "sat on the" occurs three times: kept with its prefix and suffix.
+    text = pruned.read_text()
+    assert "\tsat on the" in text and "\tsat on\t" in text and "\ton the\t" in text
+
+
+def test_training_sentence_beats_shuffled(tmp_path: Path) -> None:
+    model = kenlm.Model(str(build_lm(CORPUS, tmp_path / "en", binary=False)))
+    rng = random.Random(0)
+    for sentence in CORPUS[:5]:
+        words = sentence.split()
+        shuffled = words[:]
+        while shuffled == words:
+            rng.shuffle(shuffled)
+        assert model.score(sentence) > model.score(" ".join(shuffled)) + 1.0
+
+
+@pytest.mark.parametrize("order", [2, 4, 6])
+def test_order_is_configurable(tmp_path: Path, order: int) -> None:
+    path = build_lm(CORPUS, tmp_path / f"o{order}", order=order, binary=False)
+    declared, found = read_arpa_counts(path)
+    assert len(declared) == order and declared == found
+    assert kenlm.Model(str(path)).order == order
+
+
+def test_text_file_input_and_normalisation(tmp_path: Path) -> None:
+    src = tmp_path / "text.txt"
+    src.write_text("The Cat, sat!\n\n  on THE mat.\n“Don't” — stop_here\n", encoding="utf-8")
+    path = build_lm(src, tmp_path / "lm", order=2, binary=False)
+    unigrams = {
+        line.split("\t")[1]
+        for line in path.read_text().splitlines()
+        if line.count("\t") >= 1 and " " not in line.split("\t")[1]
+    }
+    assert {"the", "cat", "sat", "on", "mat", "don't", "stop", "here"} <= unigrams
+    assert not any(ch in "".join(unigrams) for ch in ",.!“”—_")
+    assert default_normalize("  Hello,   WORLD ") == "hello world"
+    custom = build_lm(["ABC def"], tmp_path / "c", order=2, binary=False, normalize=lambda s: s)
+    assert "\tABC" in custom.read_text()
+
+
+def test_bad_input_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(LMError, match="no words"):
+        build_lm(["", "  ", "!!"], tmp_path / "x")
+    with pytest.raises(LMError, match="not found"):
+        build_lm(tmp_path / "missing.txt", tmp_path / "x")
+    for order in (1, 7):
+        with pytest.raises(LMError, match="order"):
+            LMConfig(order=order)
+    with pytest.raises(LMError, match="prune"):
+        LMConfig(prune_singletons_from=1)
+
+
+def test_binary_when_build_binary_is_available(tmp_path: Path) -> None:
+    path = build_lm(CORPUS, tmp_path / "en", order=3)
+    if find_build_binary() is None:
+        assert path.suffix == ".arpa"  # documented fallback: keep the ARPA
+        return
+    assert path.suffix == ".bin" and not path.with_suffix(".arpa").exists()
+    arpa = build_lm(CORPUS, tmp_path / "ref", order=3, binary=False)
+    a, b = kenlm.Model(str(path)), kenlm.Model(str(arpa))
+    for sentence in CORPUS:
+        assert a.score(sentence) == pytest.approx(b.score(sentence), abs=1e-4)
+    assert math.isfinite(a.score("unknown words here"))
