@@ -1,0 +1,309 @@
+"""Real sentences per language from Debian text packages, cleaned for speech synthesis.
+
+Sources (all Debian packages; see ``TEST_APT`` in the Makefile):
+
+- ``fortunes-*`` cookie files (``%``-separated quotes, proverbs, jokes):
+  en (fortunes-min), de, es, it, pl, ru, cs, pt (fortunes-br), bg, eo.
+- ``manpages-*`` translated manual pages (groff; only running text is kept):
+  fr, nl, sv, fi. Their sentences are technical ("show this help and exit") but
+  real, grammatical text written by people.
+
+Cleaning keeps sentences a TTS voice can say and a character-level CTC model can
+learn: split into sentences, drop any with digits, URLs, e-mail, markup or other
+symbols, or letters outside the language's script; strip punctuation except the
+in-word apostrophe; lowercase; keep 3..15 words; deduplicate.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORTUNES = Path("/usr/share/games/fortunes")
+MANPAGES = Path("/usr/share/man")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where one language's raw text lives and how to read it."""
+
+    language: str  # our language code (also the manifest's ``language``)
+    espeak_voice: str  # espeak-ng voice for this language
+    script: str  # Unicode script prefix of the letters allowed, e.g. "LATIN", "CYRILLIC"
+    debian_packages: tuple[str, ...]
+    parts: tuple[tuple[str, str], ...]  # (kind, file or folder); kind "fortune" or "manpage"
+    # Translated manual pages keep some paragraphs in English: drop English-looking sentences.
+    filter_english: bool = False
+
+    def documents(self) -> Iterator[str]:
+        """Yield raw text blocks (one fortune, or one paragraph of a manual page)."""
+        for kind, file in self.files():
+            text = _read_text(file)
+            if kind == "fortune":
+                yield from _fortune_blocks(text)
+            elif kind == "manpage":
+                yield from _manpage_paragraphs(text)
+            else:
+                raise ValueError(f"unknown text source kind {kind!r}")
+
+    def files(self) -> list[tuple[str, Path]]:
+        """Existing (kind, file) pairs, sorted (deterministic), UTF-8 ``.u8`` twins preferred."""
+        chosen: set[tuple[str, Path]] = set()
+        for kind, raw in self.parts:
+            path = Path(raw)
+            found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for file in found:
+                if not file.is_file() or file.suffix == ".dat":  # .dat: strfile index
+                    continue
+                if file.stat().st_size == 0:
+                    continue  # fortunes-pl ships empty .u8 placeholders
+                twin = file.with_name(file.name + ".u8")
+                # A non-empty .u8 twin holds the same cookies as UTF-8.
+                use_twin = file.suffix != ".u8" and twin.is_file() and twin.stat().st_size > 0
+                chosen.add((kind, (twin if use_twin else file).resolve()))
+        return sorted(chosen)
+
+    def available(self) -> bool:
+        return bool(self.files())
+
+
+def _fortunes(*names: str) -> tuple[tuple[str, str], ...]:
+    return tuple(("fortune", str(FORTUNES / n)) for n in names)
+
+
+def _man(*sub: str) -> tuple[tuple[str, str], ...]:
+    return tuple(("manpage", str(MANPAGES / s)) for s in sub)
+
+
+# The default sources: 14 languages. Keys are the language codes used in manifests.
+SOURCES: dict[str, TextSource] = {
+    s.language: s
+    for s in (
+        # fortunes-min alone gives ~1100 sentences: English manual pages (overviews and
+        # file formats, sections 5 and 7) add running prose.
+        TextSource(
+            "en", "en", "LATIN", ("fortunes-min", "manpages"),
+            _fortunes("fortunes", "literature", "riddles") + _man("man5", "man7"),
+        ),
+        TextSource("de", "de", "LATIN", ("fortunes-de",), _fortunes("de")),
+        TextSource("es", "es", "LATIN", ("fortunes-es",), _fortunes("es")),
+        TextSource("it", "it", "LATIN", ("fortunes-it",), _fortunes("it")),
+        TextSource("pl", "pl", "LATIN", ("fortunes-pl",), _fortunes("pl")),
+        TextSource("ru", "ru", "CYRILLIC", ("fortunes-ru",), _fortunes("ru")),
+        TextSource("cs", "cs", "LATIN", ("fortunes-cs",), _fortunes("cs")),
+        TextSource("pt", "pt-br", "LATIN", ("fortunes-br",), _fortunes("brasil")),
+        TextSource("bg", "bg", "CYRILLIC", ("fortunes-bg",), _fortunes("bg")),
+        TextSource("eo", "eo", "LATIN", ("fortunes-eo",), _fortunes("eo")),
+        TextSource("fr", "fr-fr", "LATIN", ("manpages-fr",), _man("fr"), filter_english=True),
+        TextSource("nl", "nl", "LATIN", ("manpages-nl",), _man("nl"), filter_english=True),
+        TextSource("sv", "sv", "LATIN", ("manpages-sv",), _man("sv"), filter_english=True),
+        TextSource("fi", "fi", "LATIN", ("manpages-fi",), _man("fi"), filter_english=True),
+    )
+}  # fmt: skip
+
+
+# Frequent English words that are not also frequent words of fr/nl/sv/fi.
+_ENGLISH_MARKERS = frozenset(
+    "the of and to with this that for are from which when you your be by not if "
+    "was were has have been can should must".split()
+)
+
+
+def looks_english(sentence: str) -> bool:
+    """True for a sentence with two or more English function words (or "the")."""
+    words = sentence.split()
+    hits = sum(w in _ENGLISH_MARKERS for w in words)
+    return "the" in words or hits >= 2
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # old fortune files without a .u8 twin
+    # Overstrike sequences ("_\bX", "X\bX") from old fortune files: keep the last character.
+    return re.sub(r".\x08", "", text)
+
+
+def _fortune_blocks(text: str) -> Iterator[str]:
+    for block in re.split(r"^%\s*$", text, flags=re.MULTILINE):
+        lines = []
+        for line in block.splitlines():
+            # Attribution lines ("-- Mark Twain") are names, not sentences.
+            if re.match(r"^\s*(--|—|―)", line):
+                continue
+            lines.append(line)
+        block = " ".join(lines).strip()
+        if block:
+            yield block
+
+
+_GROFF_ESCAPES = [
+    (re.compile(r"\\f(\[[^\]]*\]|\(..|.)"), ""),  # font changes \fB \fI \fR \fP \f(CW
+    (re.compile(r"\\\*(\[[^\]]*\]|\(..|.)"), "\x00"),  # strings: unknown text -> reject
+    (re.compile(r"\\\((em|en|hy)"), " - "),
+    (re.compile(r"\\\(aq"), "'"),
+    (re.compile(r"\\\((lq|rq|dq)"), '"'),
+    (re.compile(r"\\[-]"), "-"),
+    (re.compile(r"\\[&%|^]"), ""),
+    (re.compile(r"\\ "), " "),
+    (re.compile(r"\\e"), "\x00"),  # a literal backslash: code, reject
+]
+
+
+def _manpage_paragraphs(text: str) -> Iterator[str]:
+    """Running text of a groff page: macro lines end a paragraph; only prose lines are kept."""
+    paragraph: list[str] = []
+    skip_tag = False
+    for line in text.splitlines():
+        if line.startswith((".", "'")):
+            if paragraph:
+                yield " ".join(paragraph)
+                paragraph = []
+            # The line after .TP is the paragraph's tag (an option name), not prose.
+            skip_tag = line.startswith((".TP", ".TQ"))
+            continue
+        if skip_tag:
+            skip_tag = False
+            continue
+        for pattern, repl in _GROFF_ESCAPES:
+            line = pattern.sub(repl, line)
+        if "\\" in line or "\x00" in line:
+            if paragraph:
+                yield " ".join(paragraph)
+                paragraph = []
+            continue
+        paragraph.append(line.strip())
+    if paragraph:
+        yield " ".join(paragraph)
+
+
+@dataclass(frozen=True)
+class CleaningConfig:
+    """Which sentences to keep."""
+
+    min_words: int = 3
+    max_words: int = 15
+    # Characters rarer than this (fraction of all kept characters) are dropped from the
+    # alphabet, and sentences that use them with it: stray loanword letters, typos.
+    min_char_fraction: float = 2e-4
+
+
+# Sentence ends; abbreviations are rare enough in this text that a wrong split only
+# yields a short fragment, which the word-count filter then drops.
+_SENTENCE_END = re.compile(r"(?<=[.!?;:…])\s+|\s+[-–—]\s+")
+_BAD = re.compile(r"\d|https?:|www\.|@|\.[a-z]{2,4}/|[/\\<>{}\[\]|_=+*#$%^~`&§]")
+_APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "ʼ": "'"})
+# Punctuation that may stand around words; removed before the text is kept.
+_PUNCT = re.compile(r"[.,!?;:…\"«»„“”‚()¡¿\-–—]")
+
+
+def split_sentences(document: str) -> list[str]:
+    """Raw sentences of one block (whitespace collapsed)."""
+    text = re.sub(r"\s+", " ", document).strip()
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def normalize_sentence(sentence: str, script: str) -> str | None:
+    """The cleaned, lowercase sentence, or None when it is not speakable plain text."""
+    s = unicodedata.normalize("NFC", sentence).translate(_APOSTROPHES)
+    if _BAD.search(s):
+        return None
+    s = _PUNCT.sub(" ", s).lower()
+    # Apostrophes only inside words (l'homme, don't); quotes around words go.
+    s = re.sub(r"(?<!\w)'|'(?!\w)", " ", s)
+    s = re.sub(r"\s+", " ", s).strip()
+    if not s:
+        return None
+    for ch in s:
+        if ch in " '":
+            continue
+        if not ch.isalpha():
+            return None
+        if not unicodedata.name(ch, "").startswith(script):
+            return None  # foreign script (a Latin word in Russian text, a Greek letter...)
+    return s
+
+
+@dataclass
+class CleanText:
+    """Cleaned sentences of one language and the alphabet they use."""
+
+    language: str
+    sentences: list[str]
+    alphabet: list[str]  # sorted characters, " " included
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> count
+
+
+def clean_sentences(
+    documents: Iterable[str],
+    language: str,
+    script: str,
+    config: CleaningConfig | None = None,
+    filter_english: bool = False,
+) -> CleanText:
+    """Split, filter, normalize and deduplicate; order of first appearance is kept."""
+    config = config or CleaningConfig()
+    dropped: Counter[str] = Counter()
+    seen: set[str] = set()
+    candidates: list[str] = []
+    for doc in documents:
+        for raw in split_sentences(doc):
+            s = normalize_sentence(raw, script)
+            if s is None:
+                dropped["symbols"] += 1
+                continue
+            n_words = len(s.split())
+            if not config.min_words <= n_words <= config.max_words:
+                dropped["length"] += 1
+                continue
+            if filter_english and looks_english(s):
+                dropped["english"] += 1
+                continue
+            if s in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add(s)
+            candidates.append(s)
+    counts = Counter(ch for s in candidates for ch in s)
+    total = max(1, sum(counts.values()))
+    alphabet = {ch for ch, n in counts.items() if n / total >= config.min_char_fraction}
+    alphabet.add(" ")
+    kept = []
+    for s in candidates:
+        if set(s) <= alphabet:
+            kept.append(s)
+        else:
+            dropped["rare_character"] += 1
+    used = {ch for s in kept for ch in s} | {" "}
+    return CleanText(language, kept, sorted(used), dropped)
+
+
+def load_language_text(
+    language: str,
+    sources: dict[str, TextSource] | None = None,
+    config: CleaningConfig | None = None,
+) -> CleanText:
+    """Cleaned sentences for one language from its Debian source; KeyError if unknown."""
+    source = (sources or SOURCES)[language]
+    if not source.available():
+        raise FileNotFoundError(
+            f"no text for language {language!r}: install the Debian packages "
+            f"{' '.join(source.debian_packages)}"
+        )
+    return clean_sentences(
+        source.documents(), language, source.script, config, source.filter_english
+    )
+
+
+def available_languages(sources: Sequence[TextSource] | None = None) -> list[str]:
+    """Languages whose Debian text package is installed here."""
+    return sorted(s.language for s in (sources or SOURCES.values()) if s.available())
