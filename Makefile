@@ -19,7 +19,7 @@ RUN_APT := espeak-ng
 # ... and what tests, the trainer's corpus builder and metric checks need.
 TEST_APT := espeak-ng sox prometheus chromium chromium-driver \
 	fortunes-min fortunes-de fortunes-it fortunes-es fortunes-pl fortunes-ru fortunes-cs fortunes-br
-SPEC := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+SPEC := $(shell (cat pyproject.toml; echo "$(RUN_APT) $(TEST_APT)") | sha256sum | cut -c1-12)
 RUN_STAMP := $(VENV)/.stamp-run-$(SPEC)
 DEV_STAMP := $(VENV)/.stamp-dev-$(SPEC)
 HOST ?= 127.0.0.1
