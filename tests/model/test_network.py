@@ -1,0 +1,153 @@
+"""Mixed-language masked execution: equivalence with dense masked models, and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from model.network import LassModel
+from tests.model.helpers import LANGS, micro_model, random_masks
+
+
+def _dense_copy_with_mask(model: LassModel, language: str) -> LassModel:
+    """A plain dense model whose prunable weights were multiplied by ``language``'s mask."""
+    masks = model.masks
+    assert masks is not None
+    dense = copy.deepcopy(model)
+    dense.set_masks(None)
+    params = dict(dense.named_parameters())
+    with torch.no_grad():
+        for name in masks.shapes:
+            params[name].mul_(masks.get(language, name).to(params[name].dtype))
+    return dense
+
+
+@pytest.mark.parametrize(
+    ("extractor_mode", "layer_norm_first"),
+    [("layer_norm", True), ("group_norm", False)],
+)
+def test_mixed_batch_equals_each_sample_alone_through_dense_masked_model(
+    extractor_mode: str, layer_norm_first: bool
+) -> None:
+    model = micro_model(extractor_mode=extractor_mode, layer_norm_first=layer_norm_first).eval()
+    model.set_masks(random_masks(model, LANGS))
+    lengths = torch.tensor([16000, 9000, 12345, 16000, 4000, 7000])
+    lang_ids = torch.tensor([2, 0, 1, 2, 3, 0])  # unsorted, 4 languages, repeats
+    gen = torch.Generator().manual_seed(1)
+    waves = torch.randn(len(lengths), int(lengths.max()), generator=gen)
+    for i, n in enumerate(lengths.tolist()):
+        waves[i, n:] = 0.0
+    with torch.no_grad():
+        out = model(waves, lengths, lang_ids)
+        for i, n in enumerate(lengths.tolist()):
+            dense = _dense_copy_with_mask(model, LANGS[int(lang_ids[i])]).eval()
+            alone = dense(waves[i : i + 1, :n])
+            frames = int(out.lengths[i])
+            assert frames == alone.logits.shape[1]
+            hid_diff = (out.hidden[i, :frames] - alone.hidden[0]).abs().max().item()
+            log_diff = (out.logits[i, :frames] - alone.logits[0]).abs().max().item()
+            assert hid_diff <= 1e-5, (i, hid_diff)
+            assert log_diff <= 1e-5, (i, log_diff)
+            assert out.lid_logits is not None and alone.lid_logits is not None
+            assert (out.lid_logits[i] - alone.lid_logits[0]).abs().max().item() <= 1e-5
+
+
+def test_masks_change_the_output_and_dense_ids_match_unmasked_model() -> None:
+    model = micro_model().eval()
+    waves = torch.randn(2, 8000)
+    with torch.no_grad():
+        dense = model(waves).logits
+        model.set_masks(random_masks(model, LANGS))
+        masked = model(waves, lang_ids=torch.tensor([0, 1])).logits
+        dense_ids = model(waves, lang_ids=torch.tensor([-1, -1])).logits
+        no_ids = model(waves).logits
+    assert (masked - dense).abs().max() > 1e-3
+    torch.testing.assert_close(dense_ids, dense, rtol=0, atol=0)
+    torch.testing.assert_close(no_ids, dense, rtol=0, atol=0)
+
+
+def _loss(
+    model: LassModel,
+    waves: torch.Tensor,
+    lengths: torch.Tensor,
+    lang_ids: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """A per-sample-additive loss over valid frames, so per-sample gradients add up."""
+    out = model(waves, lengths, lang_ids)
+    valid = torch.arange(out.logits.shape[1])[None, :] < out.lengths[:, None]
+    return (out.logits * weights[: out.logits.shape[1]] * valid[..., None]).sum()
+
+
+def test_gradients_pruned_zero_and_shared_weights_sum_both_languages() -> None:
+    model = micro_model().train()  # dropout 0 in the micro config: deterministic training mode
+    masks = random_masks(model, ["en", "de"], density=0.5)
+    model.set_masks(masks)
+    lengths = torch.tensor([12000, 16000, 9000])
+    lang_ids = torch.tensor([1, 0, 1])  # de, en, de
+    gen = torch.Generator().manual_seed(3)
+    waves = torch.randn(3, 16000, generator=gen)
+    waves[0, 12000:] = 0
+    waves[2, 9000:] = 0
+    weights = torch.randn(60, model.vocab_size, generator=gen)
+
+    model.zero_grad()
+    _loss(model, waves, lengths, lang_ids, weights).backward()
+    mixed = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    per_lang: dict[str, dict[str, torch.Tensor]] = {}
+    for lang in ["en", "de"]:
+        idx = [i for i in range(3) if LANGS[int(lang_ids[i])] == lang]
+        model.zero_grad()
+        for i in idx:
+            n = int(lengths[i])
+            _loss(model, waves[i : i + 1, :n], None, lang_ids[i : i + 1], weights).backward()  # type: ignore[arg-type]
+        per_lang[lang] = {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    for name in masks.shapes:
+        m_en, m_de = masks.get("en", name), masks.get("de", name)
+        g = mixed[name]
+        g_en, g_de = per_lang["en"][name], per_lang["de"][name]
+        assert torch.all(g[~m_en & ~m_de] == 0), name  # pruned by both: exactly zero
+        assert torch.all(g_en[~m_en] == 0) and torch.all(g_de[~m_de] == 0), name
+        both = m_en & m_de
+        torch.testing.assert_close(g[both], g_en[both] + g_de[both], rtol=1e-4, atol=1e-6)
+        only_en = m_en & ~m_de
+        torch.testing.assert_close(g[only_en], g_en[only_en], rtol=1e-4, atol=1e-6)
+        assert g_en[both].abs().sum() > 0 and g_de[both].abs().sum() > 0
+
+
+def test_frame_lengths_match_conv_arithmetic_and_preset_stride() -> None:
+    model = micro_model()
+    waves = torch.randn(1, 16000)
+    features, _ = model.extract_features(waves, None)
+    assert int(model.frame_lengths(torch.tensor([16000]))[0]) == features.shape[1] == 49
+    assert model.config.frame_stride == 320
+
+
+def test_identify_language_and_time_mask_embedding() -> None:
+    model = micro_model().eval()
+    waves = torch.randn(2, 8000)
+    lid = model.identify_language(waves, torch.tensor([8000, 5000]))
+    assert lid.shape == (2, len(LANGS))
+    features, frames = model.extract_features(waves, None)
+    time_mask = torch.zeros(features.shape[:2], dtype=torch.bool)
+    time_mask[:, 3:7] = True
+    with torch.no_grad():
+        plain = model.encode(features, frames, None)
+        masked = model.encode(features, frames, None, time_mask=time_mask)
+    assert (plain - masked).abs().max() > 1e-4
+
+
+def test_bad_lang_ids_are_refused() -> None:
+    model = micro_model().eval()
+    model.set_masks(random_masks(model, ["en", "de"]))
+    waves = torch.randn(2, 4000)
+    with pytest.raises(KeyError, match="es"):
+        model(waves, lang_ids=torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="out of range"):
+        model(waves, lang_ids=torch.tensor([0, 9]))
