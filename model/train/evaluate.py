@@ -1,0 +1,337 @@
+"""``lass train evaluate``: CER/WER per language, greedy and beam search (with and without
+the language model), and language-identification accuracy; JSON and Markdown reports.
+
+Error rates are corpus-level per language (jiwer: total edits / total reference length),
+references normalised with ``Vocabulary.normalize`` for their language (the same text the
+model was trained to emit). The "average" row is the unweighted mean over languages, so a
+low-resource language counts as much as a high-resource one. Deterministic: the model runs
+in eval mode without gradients, on batches formed in a fixed order (longest first, ties by
+language and path), and decoding has no randomness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import torch
+
+from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, greedy_decode_batch
+from model.network import LassModel
+from model.train.data.audio_io import AudioError, load_audio
+from model.train.data.manifest import ManifestEntry, manifest_root, read_manifest
+from model.vocab import Vocabulary
+
+GREEDY, BEAM, BEAM_LM = "greedy", "beam", "beam_lm"
+METHODS = (GREEDY, BEAM, BEAM_LM)
+METHOD_TITLES = {GREEDY: "greedy", BEAM: "beam", BEAM_LM: "beam+LM"}
+
+
+@dataclass
+class UtteranceResult:
+    """One utterance's reference and each method's hypothesis."""
+
+    audio: str
+    language: str
+    reference: str
+    hypotheses: dict[str, str]
+    predicted_language: str | None = None
+
+
+@dataclass
+class LanguageResult:
+    """Scores of one language; ``cer``/``wer`` map a method to its error rate (0..1+)."""
+
+    language: str
+    utterances: int
+    audio_seconds: float
+    cer: dict[str, float] = field(default_factory=dict)
+    wer: dict[str, float] = field(default_factory=dict)
+    lid_accuracy: float | None = None
+
+
+@dataclass
+class EvalReport:
+    """Everything ``evaluate`` measured."""
+
+    languages: dict[str, LanguageResult]
+    methods: list[str]
+    skipped: dict[str, int]  # reason -> utterances left out
+    settings: dict[str, Any]
+    utterances: list[UtteranceResult] = field(default_factory=list)
+
+    def average(self, metric: str, method: str) -> float | None:
+        """Unweighted mean over the languages that have ``method`` (None when none do)."""
+        values = [
+            getattr(r, metric)[method]
+            for r in self.languages.values()
+            if method in getattr(r, metric)
+        ]
+        return sum(values) / len(values) if values else None
+
+    def lid_accuracy(self) -> float | None:
+        """Unweighted mean LID accuracy over languages (None without a LID head)."""
+        values = [r.lid_accuracy for r in self.languages.values() if r.lid_accuracy is not None]
+        return sum(values) / len(values) if values else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (what ``write_json`` writes; bundles embed it as metrics)."""
+        return {
+            "methods": self.methods,
+            "languages": {k: asdict(v) for k, v in self.languages.items()},
+            "average": {
+                metric: {m: self.average(metric, m) for m in self.methods}
+                for metric in ("cer", "wer")
+            },
+            "lid_accuracy": self.lid_accuracy(),
+            "skipped": self.skipped,
+            "settings": self.settings,
+            "utterances": [asdict(u) for u in self.utterances],
+        }
+
+    def write_json(self, path: Path | str) -> Path:
+        """Write ``to_dict()`` atomically."""
+        return _write_atomic(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+
+    def to_markdown(self) -> str:
+        """A table: one row per language and an average row; error rates in percent."""
+        head = ["language", "utts", "audio (s)"]
+        head += [f"CER {METHOD_TITLES[m]}" for m in self.methods]
+        head += [f"WER {METHOD_TITLES[m]}" for m in self.methods]
+        head.append("LID acc")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+        def pct(x: float | None) -> str:
+            return "—" if x is None else f"{100 * x:.1f}"
+
+        for lang in sorted(self.languages):
+            r = self.languages[lang]
+            cells = [lang, str(r.utterances), f"{r.audio_seconds:.1f}"]
+            cells += [pct(r.cer.get(m)) for m in self.methods]
+            cells += [pct(r.wer.get(m)) for m in self.methods]
+            cells.append(pct(r.lid_accuracy))
+            lines.append("| " + " | ".join(cells) + " |")
+        total_utts = sum(r.utterances for r in self.languages.values())
+        total_audio = sum(r.audio_seconds for r in self.languages.values())
+        cells = ["**average**", str(total_utts), f"{total_audio:.1f}"]
+        cells += [pct(self.average("cer", m)) for m in self.methods]
+        cells += [pct(self.average("wer", m)) for m in self.methods]
+        cells.append(pct(self.lid_accuracy()))
+        lines.append("| " + " | ".join(cells) + " |")
+        if self.skipped:
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+            lines.append("")
+            lines.append(f"Skipped utterances: {reasons}.")
+        return "\n".join(lines) + "\n"
+
+    def write_markdown(self, path: Path | str) -> Path:
+        """Write ``to_markdown()`` atomically."""
+        return _write_atomic(Path(path), self.to_markdown())
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclass(frozen=True)
+class _Item:
+    entry: ManifestEntry
+    path: Path
+    reference: str
+
+
+def _select(
+    entries: Sequence[ManifestEntry],
+    root: Path,
+    vocab: Vocabulary,
+    model_languages: Sequence[str],
+    languages: Sequence[str] | None,
+    skipped: Counter[str],
+) -> list[_Item]:
+    wanted = set(languages) if languages is not None else None
+    known = set(model_languages) & set(vocab.languages)
+    items = []
+    for e in entries:
+        if wanted is not None and e.language not in wanted:
+            continue
+        if e.language not in known:
+            skipped["language not in model"] += 1
+            continue
+        reference = vocab.normalize(e.text, e.language)
+        if not reference:
+            skipped["empty reference"] += 1
+            continue
+        items.append(_Item(e, e.audio_path(root), reference))
+    # Longest first keeps padding low; the tie-break makes the order independent of input.
+    items.sort(key=lambda it: (-it.entry.duration, it.entry.language, str(it.path)))
+    return items
+
+
+def evaluate(
+    model: LassModel,
+    vocab: Vocabulary,
+    entries: Sequence[ManifestEntry] | Path | str,
+    languages: Sequence[str] | None = None,
+    lm_paths: Mapping[str, Path] | None = None,
+    beam_width: int = 32,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    methods: Sequence[str] = METHODS,
+    root: Path | None = None,
+    beam_config: BeamConfig | None = None,
+    keep_utterances: bool = True,
+) -> EvalReport:
+    """Transcribe ``entries`` (a manifest path or entries) and score them per language.
+
+    ``languages``: restrict to these (default: every language of the model and vocabulary
+    found in the entries). ``lm_paths``: language -> ARPA/binary LM for "beam_lm"
+    (languages without one get no beam+LM score). ``root``: folder that relative audio
+    paths resolve against when entries are given as a list (default: the working folder).
+    Unreadable audio, empty references and unknown languages are skipped and counted.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown evaluation methods {unknown}; choose from {list(METHODS)}")
+    if isinstance(entries, str | Path):
+        root = manifest_root(entries)
+        entries = read_manifest(entries)
+    root = root or Path.cwd()
+    lm_paths = dict(lm_paths or {})
+    skipped: Counter[str] = Counter()
+    items = _select(entries, root, vocab, model.languages, languages, skipped)
+
+    config = beam_config or BeamConfig(beam_width=beam_width)
+    beams = BeamDecoders(vocab, lm_paths, config)
+    columns = ColumnCache(vocab)
+    device = torch.device(device)
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    results: list[UtteranceResult] = []
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            loaded = []
+            for it in chunk:
+                try:
+                    loaded.append((it, load_audio(it.path)))
+                except AudioError:
+                    skipped["unreadable audio"] += 1
+            if loaded:
+                results += _run_batch(model, loaded, device, dtype, columns, beams, methods)
+    finally:
+        model.train(was_training)
+        beams.close()
+
+    report = EvalReport(
+        languages={},
+        methods=[m for m in methods if m != BEAM_LM or lm_paths],
+        skipped=dict(skipped),
+        settings={
+            "beam": asdict(config),
+            "batch_size": batch_size,
+            "lm": {k: str(v) for k, v in sorted(lm_paths.items())},
+            "normalization": "Vocabulary.normalize",
+        },
+        utterances=results if keep_utterances else [],
+    )
+    durations = {str(it.path): it.entry.duration for it in items}
+    report.languages = summarize(
+        results, report.methods, set(lm_paths), durations, model.lid_head is not None
+    )
+    return report
+
+
+def summarize(
+    results: Sequence[UtteranceResult],
+    methods: Sequence[str],
+    lm_languages: set[str],
+    durations: Mapping[str, float],
+    has_lid: bool,
+) -> dict[str, LanguageResult]:
+    """Per-language corpus CER/WER of each method (beam+LM only where the language has an
+    LM) and LID accuracy (when ``has_lid``); ``durations`` maps audio path -> seconds."""
+    by_lang: dict[str, list[UtteranceResult]] = {}
+    for r in results:
+        by_lang.setdefault(r.language, []).append(r)
+    out = {}
+    for lang in sorted(by_lang):
+        rs = by_lang[lang]
+        refs = [r.reference for r in rs]
+        res = LanguageResult(lang, len(rs), sum(durations.get(r.audio, 0.0) for r in rs))
+        for m in methods:
+            if m == BEAM_LM and lang not in lm_languages:
+                continue
+            hyps = [r.hypotheses[m] for r in rs]
+            res.cer[m] = float(jiwer.cer(refs, hyps))
+            res.wer[m] = float(jiwer.wer(refs, hyps))
+        if has_lid:
+            res.lid_accuracy = sum(r.predicted_language == lang for r in rs) / len(rs)
+        out[lang] = res
+    return out
+
+
+def _run_batch(
+    model: LassModel,
+    loaded: list[tuple[_Item, np.ndarray]],
+    device: torch.device,
+    dtype: torch.dtype,
+    columns: ColumnCache,
+    beams: BeamDecoders,
+    methods: Sequence[str],
+) -> list[UtteranceResult]:
+    """One forward pass over a padded mixed-language batch, then every decoding method."""
+    lengths = torch.tensor([len(a) for _, a in loaded], dtype=torch.long)
+    waves = torch.zeros(len(loaded), int(lengths.max()), dtype=dtype)
+    for i, (_, audio) in enumerate(loaded):
+        waves[i, : len(audio)] = torch.from_numpy(audio).to(dtype)
+    langs = [it.entry.language for it, _ in loaded]
+    lang_ids = torch.tensor([model.languages.index(lang) for lang in langs], dtype=torch.long)
+    with torch.no_grad():
+        out = model(waves.to(device), lengths.to(device), lang_ids.to(device))
+    logits = out.logits.float().cpu()
+    frames = out.lengths.cpu()
+    decoded: dict[str, list[Transcript | None]] = {}
+    if GREEDY in methods:
+        decoded[GREEDY] = list(greedy_decode_batch(logits, frames, langs, columns))
+    if BEAM in methods:
+        decoded[BEAM] = list(beams.decode_batch(logits, frames, langs, use_lm=False))
+    with_lm = [i for i, lang in enumerate(langs) if lang in beams.lm_paths]
+    if BEAM_LM in methods and with_lm:
+        lm_out = beams.decode_batch(
+            logits[with_lm], frames[with_lm], [langs[i] for i in with_lm], use_lm=True
+        )
+        column: list[Transcript | None] = [None] * len(langs)
+        for i, t in zip(with_lm, lm_out, strict=True):
+            column[i] = t
+        decoded[BEAM_LM] = column
+    predicted: list[str | None] = [None] * len(loaded)
+    if out.lid_logits is not None:
+        predicted = [model.languages[int(i)] for i in out.lid_logits.argmax(dim=-1).tolist()]
+    return [
+        UtteranceResult(
+            audio=str(it.path),
+            language=it.entry.language,
+            reference=it.reference,
+            hypotheses={m: tr.text for m, ts in decoded.items() if (tr := ts[i]) is not None},
+            predicted_language=predicted[i],
+        )
+        for i, (it, _) in enumerate(loaded)
+    ]
