@@ -104,7 +104,8 @@ def render(
     """(body, content type): a dict for the JSON formats, a string otherwise."""
     media = CONTENT_TYPES[response_format]
     if response_format == "json":
-        return {"text": transcript.text, "usage": {"type": "duration", "seconds": duration}}, media
+        usage = {"type": "duration", "seconds": round(duration, 3)}
+        return {"text": transcript.text, "usage": usage}, media
     if response_format == "text":
         return transcript.text + "\n", media
     if response_format == "srt":

@@ -1,0 +1,367 @@
+"""The engine: requests in, transcripts out (vLLM-like split of engine / scheduler / worker).
+
+- The **scheduler** is :class:`service.batcher.Batcher`: it turns work items (utterances
+  or windows of long ones) of any languages into batches on the event loop.
+- The **worker** (:class:`service.worker.ModelWorker`) runs each batch in the single model
+  thread; the event loop never runs model code.
+- The **engine** cuts long audio into windows, submits them, stitches the windows' logits
+  and decodes them in a small decode thread pool, so CTC/beam decoding of one request
+  overlaps the next batch's forward pass.
+
+Loading the bundle and the warm-up batch happen in the model thread after startup; the
+engine is ``ready`` only when both are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, greedy_decode_batch
+from service.batcher import Batch, Batcher, BatchPolicy, QueueFullError, WorkItem
+from service.chunking import plan_chunks, stitch
+from service.settings import Settings
+from service.worker import ModelWorker
+
+log = logging.getLogger("lass.engine")
+
+SAMPLE_RATE = 16_000
+State = Literal["starting", "loading", "ready", "failed", "stopped"]
+
+
+class MetricsSink(Protocol):
+    """What the engine records (implemented by ``service.metrics.ServiceMetrics``)."""
+
+    def observe_batch(
+        self,
+        languages: Sequence[str],
+        lengths_s: Sequence[float],
+        padded_length_s: float,
+        inference_s: float,
+    ) -> None: ...
+
+    def observe_queue_wait(self, seconds: float) -> None: ...
+
+    def observe_stage(self, stage: str, seconds: float) -> None: ...
+
+    def set_queue_depth(self, depth: int) -> None: ...
+
+    def set_model_info(
+        self, bundle: str, languages: Sequence[str], device: str, dtype: str
+    ) -> None: ...
+
+
+class NotReadyError(Exception):
+    """The model is not loaded (yet, or it failed to load)."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to turn logits into text: greedy (fast path) or beam search with hotwords."""
+
+    beam: bool = False
+    hotwords: tuple[str, ...] = ()
+    beam_width: int | None = None
+    use_lm: bool = True
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What the runner hands back for one work item."""
+
+    output: Any  # AsrOutput for "asr" items, language probabilities [L] for "lid"
+    batch_id: int
+    batch_size: int
+    batch_languages: tuple[str, ...]
+    queue_s: float
+    inference_s: float
+
+
+@dataclass
+class TranscriptionResult:
+    """A finished request with where its time went."""
+
+    transcript: Transcript
+    language: str
+    duration: float  # seconds of audio
+    language_probability: float | None = None
+    batches: list[ItemResult] = field(default_factory=list)
+    decode_s: float = 0.0
+
+    @property
+    def queue_s(self) -> float:
+        return max((b.queue_s for b in self.batches), default=0.0)
+
+    @property
+    def inference_s(self) -> float:
+        return sum(b.inference_s for b in self.batches)
+
+
+def batch_policy(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(
+        mode=settings.batch_mode,
+        max_batch_size=settings.max_batch_size,
+        max_batch_samples=max(1, int(settings.max_batch_audio_seconds * SAMPLE_RATE)),
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue_size=settings.max_queue_size,
+    )
+
+
+class Engine:
+    """Owns the worker, the batcher and the decoders for one bundle."""
+
+    def __init__(self, settings: Settings, metrics: MetricsSink | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.state: State = "starting"
+        self.error: str | None = None
+        self.worker: ModelWorker | None = None
+        self._columns: ColumnCache | None = None
+        self._beams: BeamDecoders | None = None
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="lass-model")
+        self._decode_pool = ThreadPoolExecutor(
+            settings.decode_threads, thread_name_prefix="lass-decode"
+        )
+        self.batcher = Batcher(batch_policy(settings), self._run_batch, on_batch=self._on_batch)
+        self._load_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def languages(self) -> list[str]:
+        return self.worker.languages if self.worker else []
+
+    @property
+    def model_id(self) -> str:
+        """The bundle's model name (``provenance.name``, else ``lass-<backbone>``)."""
+        if self.worker is None:
+            return "lass"
+        manifest = self.worker.bundle.manifest
+        name = manifest.get("provenance", {}).get("name")
+        return str(name or f"lass-{manifest['backbone']['name']}")
+
+    def check_bundle(self) -> None:
+        """Fail fast, with the setting to change, when there is no bundle to load."""
+        path = self.settings.bundle
+        if not (path / "manifest.json").is_file():
+            raise RuntimeError(
+                f"no lass bundle at {path} (no manifest.json); set LASS_BUNDLE to a bundle "
+                "directory written by `lass train export`"
+            )
+
+    async def start(self) -> None:
+        """Start the scheduler and load the model in the background."""
+        self.check_bundle()
+        self.batcher.start()
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load")
+
+    async def wait_ready(self) -> None:
+        """Wait for loading to finish (raises NotReadyError when it failed)."""
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+        if not self.ready:
+            raise NotReadyError(self.error or f"engine is {self.state}")
+
+    def _load_sync(self) -> ModelWorker:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        worker = ModelWorker.load(self.settings.bundle, self.settings.device, self.settings.dtype)
+        if self.settings.warmup:
+            log.info("warm-up batch took %.2f s", worker.warm_up())
+        return worker
+
+    async def _load(self) -> None:
+        self.state = "loading"
+        loop = asyncio.get_running_loop()
+        try:
+            worker = await loop.run_in_executor(self._model_thread, self._load_sync)
+        except Exception as exc:
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("loading the bundle failed: %s", self.error)
+            return
+        bundle = worker.bundle
+        self._columns = ColumnCache(bundle.vocab)
+        self._beams = BeamDecoders(
+            bundle.vocab, bundle.lm_paths, BeamConfig(beam_width=self.settings.beam_width)
+        )
+        self.worker = worker
+        if self.metrics is not None:
+            self.metrics.set_model_info(
+                str(bundle.path),
+                worker.languages,
+                str(worker.device),
+                str(worker.dtype).removeprefix("torch."),
+            )
+        self.state = "ready"
+        log.info("ready: %s", ", ".join(worker.languages))
+
+    async def stop(self) -> None:
+        """Finish queued work, then release the threads."""
+        await self.batcher.stop(drain=True)
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        self._model_thread.shutdown(wait=True, cancel_futures=True)
+        self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        if self._beams is not None:
+            self._beams.close()
+        self.state = "stopped"
+
+    # ------------------------------------------------------------ batches
+    def _on_batch(self, batch: Batch) -> None:
+        log.debug(
+            "batch %d: %s x%d languages=%s padding=%.2f",
+            batch.id,
+            batch.kind,
+            batch.size,
+            ",".join(batch.groups),
+            batch.padding_fraction,
+        )
+        if self.metrics is not None:
+            for item in batch.items:
+                self.metrics.observe_queue_wait(batch.created_at - item.enqueued_at)
+            self.metrics.set_queue_depth(self.batcher.depth)
+
+    async def _run_batch(self, batch: Batch) -> None:
+        """Runner for the batcher: forward pass in the model thread, then settle futures."""
+        worker = self.worker
+        if worker is None:
+            raise NotReadyError("the model is not loaded")
+        loop = asyncio.get_running_loop()
+        waves = [item.payload for item in batch.items]
+        start = time.perf_counter()
+        outputs: Sequence[Any]
+        if batch.kind == "lid":
+            outputs = await loop.run_in_executor(self._model_thread, worker.run_lid, waves)
+        else:
+            langs = [item.group for item in batch.items]
+            outputs = await loop.run_in_executor(self._model_thread, worker.run_asr, waves, langs)
+        inference_s = time.perf_counter() - start
+        if self.metrics is not None and batch.kind == "asr":
+            self.metrics.observe_batch(
+                [item.group for item in batch.items],
+                [item.num_samples / SAMPLE_RATE for item in batch.items],
+                batch.max_samples / SAMPLE_RATE,
+                inference_s,
+            )
+        languages = tuple(batch.groups)
+        for item, output in zip(batch.items, outputs, strict=True):
+            if not item.future.done():
+                item.future.set_result(
+                    ItemResult(
+                        output,
+                        batch.id,
+                        batch.size,
+                        languages,
+                        batch.created_at - item.enqueued_at,
+                        inference_s,
+                    )
+                )
+
+    async def _submit(self, items: list[WorkItem]) -> list[ItemResult]:
+        if self.batcher.depth + len(items) > self.batcher.policy.max_queue_size:
+            raise QueueFullError(f"queue holds {self.batcher.depth} items")
+        futures = [self.batcher.submit(item) for item in items]
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for future in futures:  # client gone or a sibling failed: drop the rest
+                future.cancel()
+
+    # ------------------------------------------------------------ requests
+    def _deadline(self) -> float:
+        return time.monotonic() + self.settings.request_timeout_s
+
+    async def identify(self, samples: np.ndarray, request_id: str = "") -> tuple[str, float]:
+        """(language, probability) from the LID head on the first window of ``samples``."""
+        worker = self._require_ready()
+        if not worker.has_lid:
+            raise RuntimeError("the model has no language identification head")
+        head = samples[: int(self.settings.chunk_seconds * SAMPLE_RATE)]
+        item = WorkItem(head, len(head), "", "lid", self._deadline(), request_id)
+        (result,) = await self._submit([item])
+        probs = result.output
+        best = int(np.argmax(probs))
+        return worker.languages[best], float(probs[best])
+
+    def _require_ready(self) -> ModelWorker:
+        if not self.ready or self.worker is None:
+            raise NotReadyError(self.error or "the model is still loading")
+        return self.worker
+
+    async def transcribe(
+        self,
+        samples: np.ndarray,
+        language: str | None,
+        options: DecodeOptions = DecodeOptions(),
+        request_id: str = "",
+    ) -> TranscriptionResult:
+        """Transcribe 16 kHz float32 ``samples [T]``; ``language`` None -> identify it first.
+
+        Raises QueueFullError, DeadlineExceededError, ShuttingDownError, NotReadyError.
+        """
+        worker = self._require_ready()
+        probability: float | None = None
+        if language is None:
+            language, probability = await self.identify(samples, request_id)
+        elif language not in worker.languages:
+            raise ValueError(f"unknown language {language!r}")
+        settings = self.settings
+        chunks = plan_chunks(
+            len(samples),
+            int(settings.chunk_seconds * SAMPLE_RATE),
+            int(settings.chunk_overlap_seconds * SAMPLE_RATE),
+        )
+        deadline = self._deadline()
+        items = [
+            WorkItem(
+                samples[c.start : c.end], c.end - c.start, language, "asr", deadline, request_id
+            )
+            for c in chunks
+        ]
+        results = await self._submit(items)
+        logits = stitch(chunks, [r.output.logits for r in results])
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        transcript = await loop.run_in_executor(
+            self._decode_pool, self._decode, logits, language, options
+        )
+        decode_s = time.perf_counter() - start
+        if self.metrics is not None:
+            beam = options.beam or bool(options.hotwords)
+            self.metrics.observe_stage("beam_decode" if beam else "ctc_decode", decode_s)
+        return TranscriptionResult(
+            transcript,
+            language,
+            len(samples) / SAMPLE_RATE,
+            probability,
+            results,
+            decode_s,
+        )
+
+    def _decode(self, logits: np.ndarray, language: str, options: DecodeOptions) -> Transcript:
+        """CTC-decode one utterance's stitched ``logits [F, V]`` (runs in the decode pool)."""
+        assert self._columns is not None and self._beams is not None
+        batch = torch.from_numpy(np.ascontiguousarray(logits))[None]
+        frames = [logits.shape[0]]
+        if options.beam or options.hotwords:
+            hotwords = [list(options.hotwords)] if options.hotwords else None
+            return self._beams.decode_batch(
+                batch,
+                frames,
+                [language],
+                hotwords=hotwords,
+                use_lm=options.use_lm,
+                beam_width=options.beam_width,
+            )[0]
+        return greedy_decode_batch(batch, frames, [language], self._columns)[0]

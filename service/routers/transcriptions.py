@@ -1,0 +1,343 @@
+"""``POST /v1/audio/transcriptions``: OpenAI-compatible speech to text.
+
+Two body kinds:
+
+- ``multipart/form-data`` exactly as OpenAI's API takes it (``file``, ``model``,
+  ``language``, ``prompt``, ``response_format``, ``temperature``,
+  ``timestamp_granularities[]``), plus lass's extensions ``hotwords`` (repeated or
+  comma-separated; switches to beam search boosting them), ``decoder`` (``greedy`` or
+  ``beam``) and ``beam_width``;
+- a raw audio body: ``audio/pcm`` (s16le, ``?sample_rate=&channels=``) or any encoded
+  ``audio/*`` type, with the same fields as query parameters.
+
+The form is parsed here rather than by FastAPI's parameter machinery, so every bad field is
+answered with a 400 naming it (FastAPI would turn a broken body into a generic 400), and the
+size guard (``BodySizeLimitMiddleware``) has already cut off oversized bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from service.audio import AudioError, DecodedAudio, decode_audio, decode_pcm
+from service.batcher import DeadlineExceededError, QueueFullError, ShuttingDownError
+from service.context import AppContext, get_context
+from service.engine import DecodeOptions, NotReadyError, TranscriptionResult
+from service.errors import ApiError, bad_field, from_audio_error
+from service.formats import GRANULARITIES, RESPONSE_FORMATS, render
+
+log = logging.getLogger("lass.service")
+router = APIRouter(tags=["audio"])
+
+PATH = "/v1/audio/transcriptions"
+# OpenAI fields lass accepts but has no use for (a CTC model has no prompt or sampling).
+IGNORED_FIELDS = frozenset({"prompt", "stream", "include[]", "chunking_strategy"})
+KNOWN_FIELDS = frozenset(
+    {
+        "file",
+        "model",
+        "language",
+        "response_format",
+        "temperature",
+        "timestamp_granularities[]",
+        "timestamp_granularities",
+        "hotwords",
+        "hotwords[]",
+        "decoder",
+        "beam_width",
+        "sample_rate",
+        "channels",
+    }
+    | IGNORED_FIELDS
+)
+PCM_TYPES = frozenset({"audio/pcm", "audio/l16", "audio/x-pcm", "audio/s16le"})
+
+
+@dataclass
+class TranscriptionParams:
+    """Validated request fields."""
+
+    model: str | None = None
+    language: str | None = None
+    response_format: str = "json"
+    temperature: float = 0.0
+    granularities: list[str] = field(default_factory=list)
+    hotwords: list[str] = field(default_factory=list)
+    decoder: str | None = None
+    beam_width: int | None = None
+    sample_rate: int = 16_000
+    channels: int = 1
+
+
+def _one(fields: Mapping[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise bad_field(name, f"'{name}' given {len(values)} times; give it once")
+    return values[0].strip()
+
+
+def _number(
+    fields: Mapping[str, list[str]], name: str, kind: type[int] | type[float]
+) -> float | None:
+    raw = _one(fields, name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise bad_field(name, f"'{name}' must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise bad_field(name, f"'{name}' must be finite, got {raw!r}")
+    return value
+
+
+def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
+    """Validate text fields (each a list of its values); ApiError 400 naming the field."""
+    unknown = sorted(set(fields) - KNOWN_FIELDS)
+    if unknown:
+        raise bad_field(unknown[0], f"unknown field '{unknown[0]}'", code="unknown_parameter")
+    params = TranscriptionParams(model=_one(fields, "model") or None)
+    params.language = (_one(fields, "language") or "").lower() or None
+    response_format = _one(fields, "response_format") or "json"
+    if response_format not in RESPONSE_FORMATS:
+        raise bad_field(
+            "response_format",
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}; "
+            f"got {response_format!r}",
+        )
+    params.response_format = response_format
+    temperature = _number(fields, "temperature", float)
+    if temperature is not None:
+        if not 0.0 <= temperature <= 1.0:
+            raise bad_field("temperature", "temperature must be between 0 and 1")
+        params.temperature = temperature
+    grans = [
+        *fields.get("timestamp_granularities[]", []),
+        *fields.get("timestamp_granularities", []),
+    ]
+    for g in grans:
+        if g not in GRANULARITIES:
+            raise bad_field(
+                "timestamp_granularities[]",
+                f"timestamp_granularities[] values are 'word' and 'segment'; got {g!r}",
+            )
+    if grans and response_format != "verbose_json":
+        raise bad_field(
+            "timestamp_granularities[]",
+            "timestamp_granularities[] requires response_format=verbose_json",
+        )
+    params.granularities = grans or ["segment"]
+    words: list[str] = []
+    for raw in [*fields.get("hotwords", []), *fields.get("hotwords[]", [])]:
+        words.extend(w.strip() for w in raw.split(",") if w.strip())
+    if len(words) > 100:
+        raise bad_field("hotwords", "at most 100 hotwords")
+    params.hotwords = words
+    decoder = _one(fields, "decoder")
+    if decoder is not None and decoder not in ("greedy", "beam"):
+        raise bad_field("decoder", f"decoder must be 'greedy' or 'beam'; got {decoder!r}")
+    params.decoder = decoder
+    beam_width = _number(fields, "beam_width", int)
+    if beam_width is not None:
+        if not 1 <= beam_width <= 256:
+            raise bad_field("beam_width", "beam_width must be between 1 and 256")
+        params.beam_width = int(beam_width)
+    sample_rate = _number(fields, "sample_rate", int)
+    if sample_rate is not None:
+        if not 1000 <= sample_rate <= 384_000:
+            raise bad_field("sample_rate", "sample_rate must be between 1000 and 384000 Hz")
+        params.sample_rate = int(sample_rate)
+    channels = _number(fields, "channels", int)
+    if channels is not None:
+        if not 1 <= channels <= 8:
+            raise bad_field("channels", "channels must be between 1 and 8")
+        params.channels = int(channels)
+    return params
+
+
+@dataclass
+class Upload:
+    data: bytes
+    filename: str | None
+    content_type: str | None
+    pcm: bool
+
+
+async def read_request(request: Request) -> tuple[dict[str, list[str]], Upload]:
+    """Text fields and the audio, from a multipart form or a raw audio body."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fields: dict[str, list[str]] = {}
+    if media == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=64)
+        except MultiPartException as exc:
+            raise ApiError(
+                400, f"malformed multipart body: {exc.message}", code="bad_body"
+            ) from exc
+        upload: UploadFile | None = None
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "file":
+                    raise bad_field(key, f"unexpected file field '{key}'; send the audio as 'file'")
+                upload = value
+            else:
+                fields.setdefault(key, []).append(value)
+        if upload is None:
+            if "file" in fields:
+                raise bad_field("file", "'file' must be a file upload, not a text field")
+            raise bad_field(
+                "file",
+                "missing 'file': attach the audio as multipart field 'file'",
+                code="missing_required_parameter",
+            )
+        data = await upload.read()
+        kind = (upload.content_type or "").split(";")[0].strip().lower()
+        return fields, Upload(data, upload.filename, upload.content_type, kind in PCM_TYPES)
+    if media in PCM_TYPES or media.startswith("audio/") or media == "application/octet-stream":
+        for key, value in request.query_params.multi_items():
+            fields.setdefault(key, []).append(value)
+        data = await request.body()
+        return fields, Upload(data, None, media, media in PCM_TYPES)
+    raise ApiError(
+        415,
+        f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data with a "
+        "'file' field, audio/pcm (s16le) or an audio/* body",
+        code="unsupported_content_type",
+        param="Content-Type",
+    )
+
+
+def _decode(upload: Upload, params: TranscriptionParams, max_seconds: float) -> DecodedAudio:
+    if upload.pcm:
+        return decode_pcm(upload.data, params.sample_rate, params.channels, max_seconds)
+    return decode_audio(upload.data, upload.filename, upload.content_type, max_seconds)
+
+
+def _timing_header(result: TranscriptionResult, audio_s: float) -> str:
+    parts = {
+        "audio": audio_s,
+        "queue": result.queue_s,
+        "inference": result.inference_s,
+        "decode": result.decode_s,
+    }
+    return ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in parts.items())
+
+
+def _batch_header(result: TranscriptionResult) -> str:
+    return ", ".join(
+        f"{r.batch_id};size={r.batch_size};languages={'+'.join(r.batch_languages)}"
+        for r in result.batches
+    )
+
+
+@router.post(
+    PATH,
+    summary="Transcribe audio (OpenAI-compatible)",
+    responses={400: {}, 413: {}, 415: {}, 503: {}, 504: {}},
+)
+async def create_transcription(
+    request: Request, ctx: AppContext = Depends(get_context)
+) -> Response:
+    """Transcribe one audio file; see docs/api.md for every field."""
+    engine = ctx.engine
+    fields, upload = await read_request(request)
+    params = parse_params(fields)
+    if not engine.ready:
+        raise ApiError(
+            503,
+            f"the model is not ready ({engine.error or 'loading'})",
+            code="not_ready",
+            headers={"Retry-After": str(max(1, ctx.settings.retry_after_s))},
+        )
+    accepted = [engine.model_id, *ctx.settings.model_aliases]
+    if params.model is not None and params.model not in accepted:
+        raise bad_field(
+            "model",
+            f"model {params.model!r} is not served here; use one of {', '.join(accepted)}",
+            code="model_not_found",
+        )
+    languages = engine.languages
+    if params.language is not None and params.language not in languages:
+        raise bad_field(
+            "language",
+            f"language {params.language!r} is not supported; supported: {', '.join(languages)}",
+            code="unsupported_language",
+        )
+    if params.language is None and not (engine.worker and engine.worker.has_lid):
+        raise bad_field(
+            "language",
+            "this model cannot identify the language; give 'language', one of "
+            + ", ".join(languages),
+            code="missing_required_parameter",
+        )
+    if not upload.data:
+        raise ApiError(400, "the audio file is empty", param="file", code="empty_file")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        audio = await asyncio.to_thread(_decode, upload, params, ctx.settings.max_audio_seconds)
+    except AudioError as exc:
+        ctx.metrics.reject(exc.code)
+        raise from_audio_error(exc) from exc
+    audio_s = loop.time() - started
+    ctx.metrics.observe_stage("audio_decode", audio_s)
+    if audio.samples.size == 0:
+        raise ApiError(400, "the audio holds no samples", param="file", code="empty_file")
+    options = DecodeOptions(
+        beam=(params.decoder or ctx.settings.decoder) == "beam",
+        hotwords=tuple(params.hotwords),
+        beam_width=params.beam_width,
+    )
+    retry = {"Retry-After": str(ctx.settings.retry_after_s)}
+
+    def unavailable(message: str, code: str) -> ApiError:
+        return ApiError(503, message, code=code, headers=retry)
+
+    try:
+        result = await engine.transcribe(
+            audio.samples, params.language, options, request_id=uuid.uuid4().hex
+        )
+    except QueueFullError as exc:
+        ctx.metrics.reject("queue_full")
+        raise ApiError(
+            503, "the server is busy; retry later", code="queue_full", headers=retry
+        ) from exc
+    except ShuttingDownError as exc:
+        raise ApiError(
+            503, "the server is shutting down", code="shutting_down", headers=retry
+        ) from exc
+    except NotReadyError as exc:
+        raise ApiError(
+            503, f"the model is not ready ({exc})", code="not_ready", headers=retry
+        ) from exc
+    except DeadlineExceededError as exc:
+        ctx.metrics.reject("timeout")
+        raise ApiError(504, "the request timed out waiting for the model", code="timeout") from exc
+    body, media = render(
+        result.transcript, audio.duration, params.response_format, params.granularities
+    )
+    headers = {
+        "Server-Timing": _timing_header(result, audio_s),
+        "X-Lass-Batches": _batch_header(result),
+        "X-Lass-Language": result.language,
+    }
+    if isinstance(body, dict):
+        return JSONResponse(body, headers=headers, media_type=media)
+    return PlainTextResponse(body, headers=headers, media_type=media)
+
+
+def supported_fields() -> Sequence[str]:
+    """Every form field the endpoint accepts (for docs and tests)."""
+    return sorted(KNOWN_FIELDS)
