@@ -1,15 +1,180 @@
-"""``lass train``: the trainer's stages."""
+"""``lass train <stage> CONFIG``: each stage alone, or ``pipeline`` for all of them.
+
+Every command takes the pipeline TOML config, ``--work-dir`` (default: the config's
+``work_dir``) and ``--set KEY=VALUE`` overrides (dotted keys, TOML values), e.g.
+``lass train finetune configs/default.toml --set finetune.steps=200``. Under
+``torchrun`` the training stages run data-parallel. Heavy imports happen inside the
+commands so ``lass --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
 
-app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+if TYPE_CHECKING:
+    from model.train.context import Context
+
+app = typer.Typer(no_args_is_help=True, help="Offline trainer: corpus to bundle, stage by stage.")
+
+CONFIG = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline config (TOML).")
+WORK_DIR = typer.Option(None, "--work-dir", help="Work folder (default: the config's work_dir).")
+SET = typer.Option([], "--set", help="Override a config key: --set finetune.steps=10 (repeatable).")
+QUIET = typer.Option(False, "--quiet", help="No progress bar or messages.")
+INIT = typer.Option(
+    None, "--init", help="Start from this model.pt (default: the newest earlier stage's output)."
+)
 
 
-@app.callback()
-def train(ctx: typer.Context) -> None:
-    """Run a training stage."""
-    if ctx.invoked_subcommand is None:
-        typer.echo("lass train: no training stages are available yet.", err=True)
-        raise typer.Exit(code=2)
+def _context(config: Path, work_dir: Path | None, overrides: list[str], quiet: bool) -> Context:
+    from model.train.config import ConfigError, load_config, parse_override
+    from model.train.context import Context
+    from model.train.distributed import init_distributed
+
+    try:
+        cfg = load_config(config, dict(parse_override(o) for o in overrides))
+    except ConfigError as exc:
+        typer.echo(f"lass train: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    dist = init_distributed(cfg.device)
+    return Context.create(cfg, work_dir, dist=dist, quiet=quiet)
+
+
+def _run(ctx: Context, stage: str, fn: object, *args: object) -> None:
+    from model.train.context import StageError
+    from model.train.distributed import shutdown
+
+    try:
+        result = fn(ctx, *args)  # type: ignore[operator]
+    except StageError as exc:
+        typer.echo(f"lass train {stage}: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    finally:
+        shutdown(ctx.dist)
+    if ctx.dist.is_main and not ctx.quiet and result is not None:
+        typer.echo(str(result))
+
+
+@app.command()
+def pipeline(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+) -> None:
+    """Every stage of the config's method, in order (each resumes or skips when done)."""
+    from model.train.pipeline import run_pipeline
+
+    ctx = _context(config, work_dir, set_, quiet)
+    _run(ctx, "pipeline", run_pipeline)
+
+
+@app.command()
+def corpus(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+) -> None:
+    """Build the synthetic corpus named by data.corpus into <work>/corpus."""
+    from model.train.tasks import run_corpus
+
+    _run(_context(config, work_dir, set_, quiet), "corpus", run_corpus)
+
+
+@app.command()
+def pretrain(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+    init: Path | None = INIT,
+) -> None:
+    """wav2vec 2.0 self-supervised pre-training (from scratch or model.init_from)."""
+    from model.train.pretrain import run_pretrain
+
+    _run(_context(config, work_dir, set_, quiet), "pretrain", run_pretrain, init)
+
+
+@app.command()
+def prune(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+) -> None:
+    """Per-language magnitude pruning (one-shot or iterative with rewinding) -> masks."""
+    from model.train.prune import run_prune
+
+    _run(_context(config, work_dir, set_, quiet), "prune", run_prune)
+
+
+@app.command()
+def adapt(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+    init: Path | None = INIT,
+) -> None:
+    """Language-adaptive pre-training through the sparse sub-networks."""
+    from model.train.adapt import run_adapt
+
+    _run(_context(config, work_dir, set_, quiet), "adapt", run_adapt, init)
+
+
+@app.command()
+def finetune(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+    init: Path | None = INIT,
+) -> None:
+    """CTC fine-tuning (masks kept), then the language-identification head."""
+    from model.train.finetune import run_finetune
+
+    _run(_context(config, work_dir, set_, quiet), "finetune", run_finetune, init)
+
+
+@app.command()
+def evaluate(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+    model: Path | None = typer.Option(None, "--model", help="A model.pt (default: finetune's)."),
+) -> None:
+    """CER/WER per language (greedy, beam, beam + LM) and LID accuracy."""
+    from model.train.tasks import run_evaluate
+
+    _run(_context(config, work_dir, set_, quiet), "evaluate", run_evaluate, model)
+
+
+@app.command()
+def lm(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+) -> None:
+    """Per-language word n-gram language models from the training text."""
+    from model.train.tasks import run_lm
+
+    _run(_context(config, work_dir, set_, quiet), "lm", run_lm)
+
+
+@app.command()
+def export(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+    out: Path | None = typer.Option(None, "--out", help="Bundle folder (default: export.out)."),
+) -> None:
+    """Write the served bundle with provenance and evaluation figures."""
+    from model.train.export import run_export
+
+    _run(_context(config, work_dir, set_, quiet), "export", run_export, out)

@@ -131,7 +131,8 @@ class EvaluateConfig:
 @dataclass
 class LMConfig:
     order: int = 3
-    prune_singletons: bool = False
+    prune_singletons_from: int = 0  # k >= 2 drops singleton n-grams of order >= k; 0 keeps all
+    binary: bool = True  # KenLM binary when build_binary is available, else ARPA
 
 
 @dataclass

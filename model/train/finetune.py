@@ -1,0 +1,143 @@
+"""``finetune``: CTC fine-tuning of the sub-networks, then the language-identification head.
+
+With the ``lass`` method every sample runs through its language's mask (masks kept
+fixed); ``dense`` and ``dense_adapt`` fine-tune the whole backbone; ``adapters``
+freezes the backbone and trains per-language bottleneck adapters and the CTC head.
+The conv feature encoder can stay frozen (usual for wav2vec 2.0 fine-tuning). The LID
+head reads only the shared conv features, so it is trained afterwards on its own,
+with everything else frozen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.network import LassModel
+from model.train.adapters import LanguageAdapters
+from model.train.artifacts import save_artifact, stage_record
+from model.train.config import FinetuneConfig
+from model.train.context import Context
+from model.train.inputs import make_inputs
+from model.train.loop import train_loop
+from model.train.objectives import StepResult, ctc_loss, restrict_logits
+from model.vocab import Vocabulary
+
+
+def allowed_columns(vocab: Vocabulary, languages: list[str]) -> Tensor:
+    """``[L, V]`` bool: blank + each language's alphabet columns (rows follow ``languages``)."""
+    table = torch.zeros(len(languages), len(vocab), dtype=torch.bool)
+    for i, lang in enumerate(languages):
+        table[i, vocab.language_token_ids(lang)] = True
+    return table
+
+
+def ctc_step(model: LassModel, batch: Any, allowed: Tensor | None) -> StepResult:
+    """CTC loss of one batch through each sample's sub-network (dense when no masks are set)."""
+    out = model(batch.waveforms, batch.lengths, batch.lang_ids)
+    logits = restrict_logits(out.logits, allowed, batch.lang_ids)
+    per_sample = ctc_loss(logits, out.lengths, batch.targets, batch.target_lengths)
+    return StepResult(
+        loss=per_sample.mean(),
+        weight=float(per_sample.shape[0]),
+        metrics={"ctc": float(per_sample.detach().mean())},
+    )
+
+
+def lid_step(model: LassModel, batch: Any) -> StepResult:
+    logits = model.identify_language(batch.waveforms, batch.lengths)
+    loss = F.cross_entropy(logits.float(), batch.lang_ids)
+    accuracy = float((logits.argmax(-1) == batch.lang_ids).float().mean())
+    return StepResult(loss, float(logits.shape[0]), {"lid_accuracy": accuracy})
+
+
+def trainable_parameters(model: LassModel, cfg: FinetuneConfig, method: str) -> list[Any]:
+    """Which weights fine-tuning updates, per method (heads only, never the LID head here)."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if cfg.freeze_feature_encoder or method == "adapters":
+        model.feature_extractor.requires_grad_(False)
+    if model.lid_head is not None:
+        model.lid_head.requires_grad_(False)
+    if method == "adapters":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(("ctc_head.", "adapters.")))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def run_finetune(ctx: Context, init: Path | None = None) -> Path:
+    """Run (or resume) CTC fine-tuning and LID training; returns ``<work>/finetune/model.pt``."""
+    out = ctx.output("finetune")
+    if out.exists():
+        ctx.echo(f"finetune: {out} exists, skipping")
+        return out
+    cfg = ctx.cfg.finetune
+    method = ctx.cfg.method
+    art = ctx.input_artifact("finetune", init)
+    vocab = art.vocab
+    device = ctx.device
+    model = art.model.to(device)
+    masks = ctx.masks(required=True)
+    model.set_masks(masks)
+    adapters = None
+    if method == "adapters":
+        adapters = LanguageAdapters.for_model(model, cfg.adapter_dim)
+        if "adapters" in art.heads:
+            adapters.load_state_dict(art.heads["adapters"])
+        adapters.attach(model)
+    allowed = allowed_columns(vocab, model.languages).to(device) if cfg.restrict_vocab else None
+    params = trainable_parameters(model, cfg, method)
+    inputs = make_inputs(ctx, "train", cfg, mode="mixed", with_text=True)
+    modules: dict[str, torch.nn.Module] = {"model": model}
+    train_loop(
+        name="finetune",
+        out_dir=ctx.stage_dir("finetune"),
+        cfg=cfg,
+        modules=modules,
+        params=params,
+        step_fn=lambda batch, step: ctc_step(model, batch, allowed),
+        plan=inputs.plan,
+        dataset=inputs.dataset,
+        collate_fn=inputs.collate,
+        device=device,
+        dist=ctx.dist,
+        num_workers=ctx.cfg.data.num_workers,
+        quiet=ctx.quiet,
+    )
+    if model.lid_head is not None and cfg.lid_steps > 0:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.lid_head.requires_grad_(True)
+        lid_inputs = make_inputs(ctx, "train", cfg, mode="mixed", with_text=False)
+        train_loop(
+            name="finetune-lid",
+            out_dir=ctx.stage_dir("finetune") / "lid",
+            cfg=cfg,
+            modules={"lid_head": model.lid_head},
+            params=list(model.lid_head.parameters()),
+            step_fn=lambda batch, step: lid_step(model, batch),
+            plan=lid_inputs.plan,
+            dataset=lid_inputs.dataset,
+            collate_fn=lid_inputs.collate,
+            device=device,
+            dist=ctx.dist,
+            num_workers=ctx.cfg.data.num_workers,
+            steps=cfg.lid_steps,
+            lr=cfg.lid_lr,
+            quiet=ctx.quiet,
+        )
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if adapters is not None:
+        adapters.detach_from(model)
+        art.heads["adapters"] = {k: v.detach().cpu() for k, v in adapters.state_dict().items()}
+    model.set_masks(None)
+    art.masks = masks
+    art.history.append(stage_record("finetune", cfg, method=method))
+    if ctx.dist.is_main:
+        save_artifact(out, art)
+    return out

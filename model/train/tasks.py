@@ -1,0 +1,116 @@
+"""The stages other parts implement, wired to the work folder: corpus, lm, evaluate.
+
+``corpus`` calls the data layer's synthetic corpus builder, ``lm`` the n-gram builder
+(``model.train.lm``), ``evaluate`` the evaluator (``model.train.evaluate``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from model.train import checkpoint as ckpt
+from model.train.context import Context, StageError
+
+
+def run_corpus(ctx: Context) -> Path:
+    """Build the synthetic corpus named by ``data.corpus`` into ``<work>/corpus``."""
+    from model.train.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
+
+    if not ctx.cfg.data.corpus:
+        raise StageError("the corpus stage needs data.corpus (a synthetic corpus TOML)")
+    config = SyntheticCorpusConfig.from_toml(ctx.cfg.resolve(ctx.cfg.data.corpus))
+    out = ctx.work_dir / "corpus"
+    if ctx.dist.is_main:
+        build_synthetic_corpus(config, out, log=ctx.echo)
+    from model.train.distributed import barrier
+
+    barrier(ctx.dist)
+    return out
+
+
+def lm_text(ctx: Context, language: str) -> list[str]:
+    """Training sentences of one language, normalized to its alphabet.
+
+    The synthetic corpus writes its (train-only) sentences to ``text/<lang>.txt``; for a
+    user's manifest the training transcripts are the text.
+    """
+    vocab = ctx.vocab()
+    corpus_text = ctx.work_dir / "corpus" / "text" / f"{language}.txt"
+    if not ctx.cfg.data.train and corpus_text.exists():
+        lines = corpus_text.read_text(encoding="utf-8").splitlines()
+    else:
+        lines = [e.text for e in ctx.split("train").entries if e.language == language]
+    out = [vocab.normalize(line, language) for line in lines]
+    return [line for line in out if line]
+
+
+def run_lm(ctx: Context) -> Path:
+    """One word n-gram LM per language in ``<work>/lm/<lang>.(bin|arpa)``."""
+    from model.train.lm import build_lm
+
+    cfg = ctx.cfg.lm
+    folder = ctx.stage_dir("lm")
+    if ctx.dist.is_main:
+        for language in ctx.languages():
+            if any((folder / f"{language}{s}").exists() for s in (".bin", ".arpa")):
+                continue
+            text = lm_text(ctx, language)
+            if not text:
+                ctx.echo(f"[yellow]lm: no text for {language}, skipped")
+                continue
+            path = build_lm(
+                text,
+                folder / language,
+                order=cfg.order,
+                prune_singletons_from=cfg.prune_singletons_from or None,
+                binary=cfg.binary,
+            )
+            ctx.echo(f"lm: {language} -> {path.name}")
+    return folder
+
+
+def run_evaluate(ctx: Context, model_path: Path | None = None) -> Path:
+    """CER/WER per language (greedy, beam, beam + LM) and LID accuracy on the eval split.
+
+    Writes ``<work>/evaluate/report.json`` and ``report.md``; ``export`` puts the JSON into
+    the bundle's manifest.
+    """
+    from model.train import evaluate as ev
+    from model.train.export import lm_files
+
+    cfg = ctx.cfg.evaluate
+    art = ctx.input_artifact("export", model_path)
+    model = art.model.to(ctx.device)
+    model.set_masks(art.masks)
+    adapters = None
+    if "adapters" in art.heads:
+        from model.train.adapters import LanguageAdapters
+
+        adapters = LanguageAdapters.for_model(model, ctx.cfg.finetune.adapter_dim)
+        adapters.load_state_dict(art.heads["adapters"])
+        adapters.attach(model)
+    model.eval()
+    split = ctx.split(cfg.split)
+    lms = lm_files(ctx) if cfg.use_lm else None
+    report: Any = ev.evaluate(
+        model,
+        art.vocab,
+        split.entries,
+        root=split.root,
+        languages=ctx.languages(),
+        lm_paths=lms or None,
+        beam_width=cfg.beam_width,
+        batch_size=cfg.batch_size,
+        device=ctx.device,
+    )
+    if adapters is not None:
+        adapters.detach_from(model)
+    folder = ctx.stage_dir("evaluate")
+    out = folder / "report.json"
+    if ctx.dist.is_main:
+        ckpt.atomic_write_text(out, json.dumps(report.to_dict(), indent=1))
+        ckpt.atomic_write_text(folder / "report.md", report.to_markdown())
+        ctx.echo(report.to_markdown())
+    return out
