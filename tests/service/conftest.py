@@ -20,6 +20,8 @@ from model.vocab import Vocabulary
 from tests.conftest import SENTENCES, Server, start_server, stop_server
 
 TEST_MODEL = "lass-test-tiny"
+MAX_UPLOAD = 3_000_000  # bytes: a 70 s 16 kHz WAV fits, 4 MB does not
+MAX_SECONDS = 80.0
 
 
 def make_bundle(
@@ -62,7 +64,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Itera
         tmp_path_factory.mktemp("server"),
         tiny_bundle,
         LASS_MAX_WAIT_MS="300",
-        LASS_MAX_UPLOAD_BYTES=str(2_000_000),
+        LASS_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
+        LASS_MAX_AUDIO_SECONDS=str(MAX_SECONDS),
     )
     yield srv
     stop_server(srv)
