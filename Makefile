@@ -18,7 +18,8 @@ PY := $(VENV)/bin/python
 RUN_APT := espeak-ng
 # ... and what tests, the trainer's corpus builder and metric checks need.
 TEST_APT := espeak-ng sox prometheus chromium chromium-driver \
-	fortunes-min fortunes-de fortunes-it fortunes-es fortunes-pl fortunes-ru fortunes-cs fortunes-br
+	fortunes-min fortunes-de fortunes-it fortunes-es fortunes-pl fortunes-ru fortunes-cs fortunes-br \
+	fortunes-bg fortunes-eo manpages manpages-fr manpages-nl manpages-sv manpages-fi
 SPEC := $(shell (cat pyproject.toml; echo "$(RUN_APT) $(TEST_APT)") | sha256sum | cut -c1-12)
 RUN_STAMP := $(VENV)/.stamp-run-$(SPEC)
 DEV_STAMP := $(VENV)/.stamp-dev-$(SPEC)

@@ -1,0 +1,140 @@
+"""Waveform augmentation for synthetic speech: speed, reverberation, noise, gain.
+
+Every random choice comes from the ``numpy.random.Generator`` passed in, so a corpus
+built from one seed is the same on every machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges; each effect is drawn independently per utterance."""
+
+    speed_prob: float = 0.5
+    speed_range: tuple[float, float] = (0.9, 1.1)  # >1: faster and higher (resampling)
+    reverb_prob: float = 0.3
+    rt60_range: tuple[float, float] = (0.15, 0.6)  # seconds for the tail to fall by 60 dB
+    noise_prob: float = 0.6
+    snr_db_range: tuple[float, float] = (5.0, 30.0)
+    gain_prob: float = 0.8
+    gain_db_range: tuple[float, float] = (-12.0, 6.0)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> AugmentConfig:
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def speed_perturb(samples: np.ndarray, factor: float, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Play ``[T]`` ``factor`` times faster (tempo and pitch, as Kaldi's speed perturbation);
+    the result has ``round(T / factor)`` samples."""
+    if abs(factor - 1.0) < 1e-6 or samples.size == 0:
+        return samples
+    # Treat the signal as if recorded at rate*factor and resample it to rate.
+    orig = round(rate * factor / 10) * 10
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(samples)), orig, rate)
+    return out.numpy().astype(np.float32)
+
+
+def synthetic_rir(rt60: float, rng: np.random.Generator, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A room impulse response ``[L]``: direct path plus exponentially decaying noise."""
+    length = max(1, int(rt60 * rate))
+    t = np.arange(length) / rate
+    decay = np.exp(-6.9078 * t / rt60)  # ln(1000): -60 dB at rt60
+    tail = rng.standard_normal(length) * decay
+    predelay = int(rng.uniform(0.002, 0.01) * rate)  # first reflections arrive a bit later
+    tail[:predelay] = 0.0
+    rir = 0.5 * tail / (np.sqrt(np.sum(tail**2)) + 1e-9)  # tail energy below the direct path
+    rir[0] = 1.0
+    return rir.astype(np.float32)
+
+
+def reverberate(samples: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """Convolve ``[T]`` with ``rir`` ``[L]``; keeps ``T`` samples and the input's peak level."""
+    if samples.size == 0:
+        return samples
+    out = AF.fftconvolve(torch.from_numpy(samples), torch.from_numpy(rir))[: samples.size]
+    wet = out.numpy()
+    peak_in, peak_out = float(np.abs(samples).max()), float(np.abs(wet).max())
+    if peak_out > 0:
+        wet = wet * (peak_in / peak_out)
+    return wet.astype(np.float32)
+
+
+def colored_noise(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """Unit-RMS noise ``[n]`` with power spectrum ~ 1/f^exponent (0 white, 1 pink, 2 brown)."""
+    white = rng.standard_normal(n)
+    if exponent == 0 or n < 2:
+        noise = white
+    else:
+        spectrum = np.fft.rfft(white)
+        freqs = np.fft.rfftfreq(n)
+        freqs[0] = freqs[1]
+        noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), n)
+    return (noise / (np.sqrt(np.mean(noise**2)) + 1e-12)).astype(np.float32)
+
+
+def add_noise(
+    samples: np.ndarray, snr_db: float, rng: np.random.Generator, exponent: float = 0.0
+) -> np.ndarray:
+    """Add noise at ``snr_db`` relative to the signal's mean power."""
+    power = float(np.mean(samples.astype(np.float64) ** 2))
+    if power == 0.0 or samples.size == 0:
+        return samples
+    noise = colored_noise(samples.size, rng, exponent)
+    scale = np.sqrt(power / 10 ** (snr_db / 10))
+    return (samples + scale * noise).astype(np.float32)
+
+
+def apply_gain(samples: np.ndarray, gain_db: float) -> np.ndarray:
+    """Scale by ``gain_db``; a result that would clip is scaled down to a 0.99 peak instead."""
+    out = samples * np.float32(10 ** (gain_db / 20))
+    peak = float(np.abs(out).max()) if out.size else 0.0
+    if peak > 0.99:
+        out = out * np.float32(0.99 / peak)
+    return out.astype(np.float32)
+
+
+def augment(
+    samples: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig | None = None,
+    rate: int = SAMPLE_RATE,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Speed -> reverb -> noise -> gain on mono float32 ``[T]``; returns the new signal
+    ``[T']`` and what was applied (for the manifest summary)."""
+    config = config or AugmentConfig()
+    applied: dict[str, float] = {}
+    out = samples.astype(np.float32)
+    # Draw every number whether or not the effect applies: the stream of random numbers
+    # then does not depend on earlier coin flips.
+    flips = rng.random(4)
+    speed = rng.uniform(*config.speed_range)
+    rt60 = rng.uniform(*config.rt60_range)
+    snr = rng.uniform(*config.snr_db_range)
+    color = float(rng.choice([0.0, 1.0, 2.0]))
+    gain = rng.uniform(*config.gain_db_range)
+    if flips[0] < config.speed_prob:
+        out = speed_perturb(out, speed, rate)
+        applied["speed"] = round(speed, 3)
+    if flips[1] < config.reverb_prob:
+        out = reverberate(out, synthetic_rir(rt60, rng, rate))
+        applied["rt60"] = round(rt60, 3)
+    if flips[2] < config.noise_prob:
+        out = add_noise(out, snr, rng, color)
+        applied["snr_db"] = round(snr, 1)
+    if flips[3] < config.gain_prob:
+        out = apply_gain(out, gain)
+        applied["gain_db"] = round(gain, 1)
+    else:
+        out = apply_gain(out, 0.0)  # keep the peak within range after noise
+    return out, applied

@@ -1,0 +1,386 @@
+"""The synthetic multilingual corpus: espeak-ng speaking real sentences in many languages.
+
+Sentences come from Debian text packages (``text_sources``) or user text files. Each
+language's sentences are shuffled with the seed and split BY SENTENCE: test and dev
+sentences never occur in train. Train utterances cycle through the train sentences
+with a random voice each (espeak-ng variant, rate, pitch) until the language's target
+duration is reached (a sentence may be heard several times, in different voices); a
+fraction of them are augmented (speed, reverb, noise, gain).
+
+Everything is a function of the config (seed included): the same config on another
+machine gives the same manifests and the same audio (up to float rounding in the
+augmentation's FFTs: a 16-bit step at most).
+
+Output folder::
+
+    audio/<lang>/<split>/<lang>-<split>-<index>.wav   16 kHz mono 16-bit
+    train.jsonl dev.jsonl test.jsonl                   manifests (paths relative)
+    text/<lang>.txt                                    train sentences, for n-gram LMs
+    corpus.json                                        config, sizes, alphabets, sources
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from model.train.data.augment import AugmentConfig, augment
+from model.train.data.espeak import SAMPLE_RATE, Voice, synthesize
+from model.train.data.manifest import ManifestEntry, write_manifest
+from model.train.data.text_sources import (
+    SOURCES,
+    CleaningConfig,
+    clean_sentences,
+    load_language_text,
+)
+
+DEFAULT_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4")
+
+
+@dataclass(frozen=True)
+class SyntheticCorpusConfig:
+    """What to build. Train duration per language: ``high_minutes`` for the languages in
+    ``high_resource``, ``low_minutes`` for those in ``low_resource``, ``minutes[lang]``
+    overriding either."""
+
+    high_resource: tuple[str, ...] = ("en", "de", "es", "it")
+    low_resource: tuple[str, ...] = ("pl", "ru", "cs", "pt", "fr", "nl")
+    high_minutes: float = 120.0
+    low_minutes: float = 15.0
+    minutes: Mapping[str, float] = field(default_factory=dict)
+    dev_sentences: int = 50  # per language, spoken once each
+    test_sentences: int = 100
+    seed: int = 0
+    variants: tuple[str, ...] = DEFAULT_VARIANTS  # espeak-ng voice variants ("" = default)
+    rate_range: tuple[int, int] = (130, 210)  # words per minute
+    pitch_range: tuple[int, int] = (25, 75)
+    augment_prob: float = 0.5  # fraction of train utterances augmented
+    augment_eval: bool = False  # augment dev/test too
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    # language -> text file (one sentence per line) used instead of the Debian source
+    text_files: Mapping[str, str] = field(default_factory=dict)
+    voices: Mapping[str, str] = field(default_factory=dict)  # language -> espeak-ng voice
+    workers: int = 2
+    chunk: int = 64  # utterances synthesized per round (the target is checked between rounds)
+
+    @property
+    def languages(self) -> list[str]:
+        return [*self.high_resource, *self.low_resource]
+
+    def target_seconds(self, language: str) -> float:
+        if language in self.minutes:
+            return 60.0 * float(self.minutes[language])
+        high = language in self.high_resource
+        return 60.0 * (self.high_minutes if high else self.low_minutes)
+
+    def voice_for(self, language: str) -> str:
+        if language in self.voices:
+            return self.voices[language]
+        return SOURCES[language].espeak_voice if language in SOURCES else language
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["minutes"] = dict(self.minutes)
+        d["text_files"] = dict(self.text_files)
+        d["voices"] = dict(self.voices)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SyntheticCorpusConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown corpus config keys: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key == "augment":
+                kwargs[key] = AugmentConfig.from_dict(dict(value))
+            elif key == "cleaning":
+                kwargs[key] = CleaningConfig(**value)
+            elif isinstance(value, list):
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: Path | str) -> SyntheticCorpusConfig:
+        with Path(path).open("rb") as f:
+            data = tomllib.load(f)
+        return cls.from_dict(data.get("corpus", data))
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CorpusSplits:
+    """The built corpus: manifests' entries (audio relative to ``root``) and its summary."""
+
+    root: Path
+    train: list[ManifestEntry]
+    dev: list[ManifestEntry]
+    test: list[ManifestEntry]
+    summary: dict[str, Any]
+
+    def manifest(self, split: str) -> Path:
+        return self.root / f"{split}.jsonl"
+
+    @property
+    def alphabets(self) -> dict[str, list[str]]:
+        return {lang: info["alphabet"] for lang, info in self.summary["languages"].items()}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One utterance to synthesize (picklable, for the worker pool)."""
+
+    text: str
+    voice: Voice
+    path: str
+    augment_seed: int | None  # None: clean
+    augment: AugmentConfig
+
+
+def _run_job(job: _Job) -> tuple[float, dict[str, float]]:
+    """Synthesize (and augment) one utterance to a 16-bit WAV; returns (seconds, effects)."""
+    samples = synthesize(job.text, job.voice)
+    applied: dict[str, float] = {}
+    if job.augment_seed is not None:
+        samples, applied = augment(samples, np.random.default_rng(job.augment_seed), job.augment)
+    Path(job.path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(job.path, samples, SAMPLE_RATE, subtype="PCM_16")
+    return len(samples) / SAMPLE_RATE, applied
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the pool supplies the parallelism
+
+
+def _seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""
+    digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _texts(config: SyntheticCorpusConfig, language: str) -> tuple[list[str], dict[str, Any]]:
+    """Cleaned sentences for a language and where they came from."""
+    if language in config.text_files:
+        path = Path(config.text_files[language])
+        lines = path.read_text(encoding="utf-8").splitlines()
+        script = SOURCES[language].script if language in SOURCES else ""
+        clean = clean_sentences(lines, language, script, config.cleaning)
+        source: dict[str, Any] = {"file": str(path)}
+    else:
+        clean = load_language_text(language, config=config.cleaning)
+        src = SOURCES[language]
+        source = {"debian_packages": list(src.debian_packages)}
+    source["dropped"] = dict(clean.dropped)
+    source["sentences_available"] = len(clean.sentences)
+    return clean.sentences, source
+
+
+def _plan_language(
+    config: SyntheticCorpusConfig, language: str
+) -> tuple[list[str], dict[str, Any], dict[str, list[str]]]:
+    """Sentences, their source, and the split by sentence (seeded shuffle, test/dev first)."""
+    sentences, source = _texts(config, language)
+    order = list(sentences)
+    np.random.default_rng(_seed(config.seed, language, "sentences")).shuffle(order)
+    n_test = min(config.test_sentences, len(order) // 3)
+    n_dev = min(config.dev_sentences, len(order) // 3)
+    parts = {
+        "test": order[:n_test],
+        "dev": order[n_test : n_test + n_dev],
+        "train": order[n_test + n_dev :],
+    }
+    if any(
+        not parts[s]
+        for s, want in (
+            ("train", 1),
+            ("dev", config.dev_sentences),
+            ("test", config.test_sentences),
+        )
+        if want
+    ):
+        raise ValueError(
+            f"{language}: too few sentences ({len(order)}) for train/dev/test splits "
+            f"({source.get('file') or source.get('debian_packages')})"
+        )
+    return sentences, source, parts
+
+
+def _voice_stream(config: SyntheticCorpusConfig, language: str, split: str) -> Iterator[Voice]:
+    rng = np.random.default_rng(_seed(config.seed, language, split, "voice"))
+    espeak_voice = config.voice_for(language)
+    while True:
+        variant = config.variants[int(rng.integers(len(config.variants)))]
+        rate = int(rng.integers(config.rate_range[0], config.rate_range[1] + 1))
+        pitch = int(rng.integers(config.pitch_range[0], config.pitch_range[1] + 1))
+        yield Voice(espeak_voice, variant or None, rate, pitch)
+
+
+def _utterances(
+    config: SyntheticCorpusConfig, language: str, split: str, sentences: list[str], cycle: bool
+) -> Iterator[tuple[str, Voice, int | None]]:
+    """(text, voice, augment seed) in order; train cycles through its sentences forever."""
+    voices = _voice_stream(config, language, split)
+    rng = np.random.default_rng(_seed(config.seed, language, split, "augment"))
+    do_augment = split == "train" or config.augment_eval
+    epoch = 0
+    while True:
+        order = list(sentences)
+        if epoch > 0:  # a new order each pass, so neighbours differ
+            np.random.default_rng(_seed(config.seed, language, split, epoch)).shuffle(order)
+        for text in order:
+            flip = rng.random()
+            seed = int(rng.integers(2**62))
+            yield text, next(voices), seed if do_augment and flip < config.augment_prob else None
+        epoch += 1
+        if not cycle or not sentences:
+            return
+
+
+def _synthesize_split(
+    config: SyntheticCorpusConfig,
+    language: str,
+    split: str,
+    sentences: list[str],
+    target_seconds: float | None,
+    out_dir: Path,
+    pool: Executor | None,
+    log: Callable[[str], None],
+) -> list[ManifestEntry]:
+    """Synthesize a split in rounds of ``config.chunk``; train stops at exactly the first
+    utterance that reaches ``target_seconds`` (the surplus of the last round is deleted)."""
+    cycle = target_seconds is not None
+    stream = _utterances(config, language, split, sentences, cycle)
+    entries: list[ManifestEntry] = []
+    total = 0.0
+    index = 0
+    while True:
+        jobs: list[_Job] = []
+        for text, voice, seed in stream:
+            rel = f"audio/{language}/{split}/{language}-{split}-{index:06d}.wav"
+            jobs.append(_Job(text, voice, str(out_dir / rel), seed, config.augment))
+            index += 1
+            if len(jobs) == config.chunk:
+                break
+        if not jobs:
+            break
+        results = list(pool.map(_run_job, jobs)) if pool else [_run_job(j) for j in jobs]
+        for job, (seconds, _) in zip(jobs, results, strict=True):
+            if target_seconds is not None and total >= target_seconds:
+                Path(job.path).unlink()  # surplus of the last round
+                continue
+            rel = str(Path(job.path).relative_to(out_dir))
+            speaker = job.voice.espeak_name()
+            entries.append(ManifestEntry(rel, job.text, language, round(seconds, 4), speaker))
+            total += seconds
+        if target_seconds is not None and total >= target_seconds:
+            break
+    log(f"{language} {split}: {len(entries)} utterances, {total / 60:.1f} min")
+    return entries
+
+
+def build_synthetic_corpus(
+    config: SyntheticCorpusConfig,
+    out_dir: Path | str,
+    log: Callable[[str], None] | None = None,
+) -> CorpusSplits:
+    """Build the corpus into ``out_dir`` (atomically: a ``.partial`` sibling, then rename).
+
+    If ``out_dir`` already holds a corpus built from the same config, it is returned as is.
+    """
+    out_dir = Path(out_dir)
+    say = log or (lambda _msg: None)
+    existing = out_dir / "corpus.json"
+    if existing.is_file():
+        summary = json.loads(existing.read_text(encoding="utf-8"))
+        if summary.get("fingerprint") == config.fingerprint():
+            return load_corpus(out_dir)
+        raise FileExistsError(f"{out_dir} holds a corpus built from another config")
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.monotonic()
+    splits: dict[str, list[ManifestEntry]] = {"train": [], "dev": [], "test": []}
+    languages: dict[str, Any] = {}
+    pool: ProcessPoolExecutor | None = None
+    if config.workers > 1:
+        pool = ProcessPoolExecutor(
+            config.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        )
+    try:
+        # All texts first: a language without enough sentences fails before any synthesis.
+        plans = {lang: _plan_language(config, lang) for lang in config.languages}
+        for language, (sentences, source, parts) in plans.items():
+            info: dict[str, Any] = {"voice": config.voice_for(language), "source": source}
+            for split, texts in parts.items():
+                target = config.target_seconds(language) if split == "train" else None
+                entries = _synthesize_split(config, language, split, texts, target, tmp, pool, say)
+                splits[split].extend(entries)
+                info[split] = {
+                    "utterances": len(entries),
+                    "sentences": len(set(e.text for e in entries)),
+                    "seconds": round(sum(e.duration for e in entries), 2),
+                }
+            train_text = sorted(set(parts["train"]))
+            (tmp / "text").mkdir(exist_ok=True)
+            (tmp / "text" / f"{language}.txt").write_text(
+                "\n".join(train_text) + "\n", encoding="utf-8"
+            )
+            info["alphabet"] = sorted({ch for s in sentences for ch in s} | {" "})
+            languages[language] = info
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for split, entries in splits.items():
+        write_manifest(tmp / f"{split}.jsonl", entries)
+    summary = {
+        "fingerprint": config.fingerprint(),
+        "config": config.to_dict(),
+        "sample_rate": SAMPLE_RATE,
+        "languages": languages,
+        "hours": {s: round(sum(e.duration for e in v) / 3600, 4) for s, v in splits.items()},
+        "build_seconds": round(time.monotonic() - start, 1),
+    }
+    (tmp / "corpus.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return CorpusSplits(out_dir, splits["train"], splits["dev"], splits["test"], summary)
+
+
+def load_corpus(out_dir: Path | str) -> CorpusSplits:
+    """A corpus written by :func:`build_synthetic_corpus`."""
+    from model.train.data.manifest import read_manifest
+
+    out_dir = Path(out_dir)
+    summary = json.loads((out_dir / "corpus.json").read_text(encoding="utf-8"))
+    return CorpusSplits(
+        out_dir,
+        read_manifest(out_dir / "train.jsonl"),
+        read_manifest(out_dir / "dev.jsonl"),
+        read_manifest(out_dir / "test.jsonl"),
+        summary,
+    )
