@@ -263,6 +263,14 @@ def greedy_decode_batch(
     return [t for t in out if t is not None]
 
 
+def greedy_decode_one(
+    logits: Tensor, language: str, vocab: VocabularyLike | ColumnCache, length: int | None = None
+) -> Transcript:
+    """Greedy decoding of one sample: logits ``[F, V]``, the first ``length`` frames."""
+    n = logits.shape[0] if length is None else length
+    return greedy_decode_batch(logits[None], [n], [language], vocab)[0]
+
+
 @dataclass(frozen=True)
 class BeamConfig:
     """pyctcdecode settings. ``alpha``/``beta``: LM weight and word insertion bonus
@@ -385,6 +393,22 @@ class BeamDecoders:
                 decoder = BeamDecoder(self.columns(language), lm, self.config)
                 self._decoders[key] = decoder
         return decoder
+
+    def decode(
+        self,
+        logits: Tensor,
+        language: str,
+        length: int | None = None,
+        hotwords: Sequence[str] | None = None,
+        use_lm: bool = True,
+        beam_width: int | None = None,
+        hotword_weight: float | None = None,
+    ) -> Transcript:
+        """Beam-search one sample: logits ``[F, V]``, the first ``length`` frames."""
+        n = logits.shape[0] if length is None else length
+        return self.decode_batch(
+            logits[None], [n], [language], [hotwords], use_lm, beam_width, hotword_weight
+        )[0]
 
     def has_lm(self, language: str) -> bool:
         return language in self.lm_paths

@@ -20,7 +20,8 @@ ARPA stores an interpolated model exactly: the probability of an observed n-gram
 interpolated one, and the backoff weight of a context is its interpolation weight gamma.
 
 After the ARPA is written, ``build_binary`` (KenLM's tool) converts it to the binary
-format when it is found (``$LASS_KENLM_BUILD_BINARY`` or ``build_binary`` on ``PATH``);
+format when it is found (``$LASS_KENLM_BUILD_BINARY``, the venv's ``bin/`` or ``PATH``;
+kenlm's sdist builds it without Boost with its ``compile_query_only.sh``, about a minute);
 otherwise the ARPA is the result. ``kenlm.Model`` and pyctcdecode load either.
 """
 
@@ -31,6 +32,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import unicodedata
 from collections import Counter, defaultdict
@@ -270,10 +272,14 @@ def write_arpa(model: NGramModel, path: Path) -> None:
 
 
 def find_build_binary() -> str | None:
-    """KenLM's ``build_binary`` tool: ``$LASS_KENLM_BUILD_BINARY`` or on ``PATH``."""
+    """KenLM's ``build_binary``: ``$LASS_KENLM_BUILD_BINARY``, next to the running Python
+    (a venv's ``bin/``), or on ``PATH``."""
     env = os.environ.get("LASS_KENLM_BUILD_BINARY")
     if env:
         return env if Path(env).is_file() else None
+    beside = Path(sys.executable).parent / "build_binary"
+    if beside.is_file():
+        return str(beside)
     return shutil.which("build_binary")
 
 
@@ -300,10 +306,11 @@ def build_lm(
 ) -> Path:
     """Build a word n-gram LM from text (a file path, or lines) and return the file written.
 
-    ``out_path`` names the result: with ``binary`` and ``build_binary`` available it gets a
-    ``.bin`` suffix and the ARPA next to it is removed; otherwise it gets ``.arpa``.
-    ``normalize`` maps a line to space-separated words (pass the vocabulary's normalizer
-    so that LM words use exactly the decoder's alphabet).
+        ``out_path`` names the result: with ``binary`` and ``build_binary`` available it gets a
+        ``.bin`` suffix, its words go to ``<name>.bin.unigrams.txt`` (``unigrams_path``; decoders
+    read it) and the ARPA is removed; otherwise the result gets ``.arpa``.
+        ``normalize`` maps a line to space-separated words (pass the vocabulary's normalizer
+        so that LM words use exactly the decoder's alphabet).
     """
     config = LMConfig(order=order, prune_singletons_from=prune_singletons_from, binary=binary)
     if isinstance(text, str | Path):
@@ -321,8 +328,22 @@ def build_lm(
     if tool is None:
         return arpa
     binary_path = to_binary(arpa, out.with_suffix(".bin"), tool)
+    # A binary LM cannot list its words; pyctcdecode needs them to score partial words.
+    words = sorted(g[0] for g in model.log10_prob[0] if g[0] not in (BOS, EOS, UNK))
+    _write_text(unigrams_path(binary_path), "\n".join(words) + "\n")
     arpa.unlink()
     return binary_path
+
+
+def unigrams_path(lm_path: Path) -> Path:
+    """Side file with the words of a binary LM (``<name>.bin.unigrams.txt``)."""
+    return lm_path.with_name(lm_path.name + ".unigrams.txt")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_arpa_counts(path: Path) -> tuple[list[int], list[int]]:

@@ -17,8 +17,9 @@ from model.decoding import (
     Transcript,
     Word,
     greedy_decode_batch,
+    greedy_decode_one,
 )
-from model.train.lm import build_lm
+from model.train.lm import build_lm, find_build_binary
 from model.vocab import Vocabulary
 
 EN_TEXT = ["the cat sat on the mat", "a dog"]
@@ -143,18 +144,30 @@ def test_beam_without_lm_agrees_with_greedy_on_clear_logits(vocab: Vocabulary) -
         assert b.logprob is not None and b.logprob < 0
 
 
+LM_TEXT = ["the cat sat on the mat", "the cat ate", "a cat sat", "the dog sat on the mat"] * 3
+
+
 @pytest.fixture(scope="module")
 def en_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    text = ["the cat sat on the mat", "the cat ate", "a cat sat", "the dog sat on the mat"] * 3
-    return build_lm(text, tmp_path_factory.mktemp("lm") / "en", order=3)
+    return build_lm(LM_TEXT, tmp_path_factory.mktemp("lm") / "en", order=3, binary=False)
 
 
-def test_beam_with_lm_fixes_a_greedy_error(vocab: Vocabulary, en_lm: Path) -> None:
+@pytest.fixture(scope="module", params=["arpa", "binary"])
+def any_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if request.param == "binary" and find_build_binary() is None:
+        pytest.skip("KenLM's build_binary is not installed: LMs stay ARPA")
+    binary = request.param == "binary"
+    path = build_lm(LM_TEXT, tmp_path_factory.mktemp("lm") / "en", order=3, binary=binary)
+    assert path.suffix == (".bin" if request.param == "binary" else ".arpa")
+    return path
+
+
+def test_beam_with_lm_fixes_a_greedy_error(vocab: Vocabulary, any_lm: Path) -> None:
     # Acoustically "cad" (0.55) edges out "cat" (0.45); the LM knows only "cat".
     frames = spell("the ") + ambiguous_word("ca", {"d": 0.55, "t": 0.44}, " sat")
     logits, lengths = batch(vocab, [frames])
     greedy = greedy_decode_batch(logits, lengths, ["en"], vocab)[0]
-    decoders = BeamDecoders(vocab, {"en": en_lm}, BeamConfig(beam_width=16))
+    decoders = BeamDecoders(vocab, {"en": any_lm}, BeamConfig(beam_width=16))
     no_lm = decoders.decode_batch(logits, lengths, ["en"], use_lm=False)[0]
     with_lm = decoders.decode_batch(logits, lengths, ["en"])[0]
     assert greedy.text == "the cad sat"
@@ -229,3 +242,32 @@ def test_transcript_segments_and_shift() -> None:
     }
     beam_like = Transcript("a", "en", [Word("a", 0.0, 0.1)], 1.0)
     assert beam_like.segments()[0].avg_logprob is None
+
+
+def test_single_sample_helpers_match_the_batch(vocab: Vocabulary) -> None:
+    logits, lengths = batch(vocab, [spell("the dog"), spell("der hund")])
+    batched = greedy_decode_batch(logits, lengths, ["en", "de"], vocab)
+    assert greedy_decode_one(logits[1], "de", vocab, lengths[1]) == batched[1]
+    decoders = BeamDecoders(vocab)
+    beam = decoders.decode_batch(logits, lengths, ["en", "de"], hotwords=[["dig"], None])
+    assert decoders.decode(logits[0], "en", lengths[0], hotwords=["dig"]) == beam[0]
+
+
+def test_greedy_matches_core_greedy_decode(vocab: Vocabulary) -> None:
+    from model.ctc import greedy_decode
+
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 40, len(vocab.tokens), generator=gen) * 3
+    lengths = [40, 25, 7]
+    langs = ["en", "de", "en"]
+    ours = greedy_decode_batch(logits, lengths, langs, vocab)
+    for i, t in enumerate(ours):
+        ids, starts = greedy_decode(logits[i], lengths[i], vocab.language_token_ids(langs[i]))
+        assert t.text == " ".join(vocab.decode(ids).split())
+        # Each word starts at the frame where its first character starts.
+        word_starts = [
+            s
+            for k, s in enumerate(starts)
+            if vocab.tokens[ids[k]] != " " and (k == 0 or vocab.tokens[ids[k - 1]] == " ")
+        ]
+        assert [round(w.start / FRAME_SECONDS) for w in t.words] == word_starts

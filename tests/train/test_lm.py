@@ -17,6 +17,7 @@ from model.train.lm import (
     estimate,
     find_build_binary,
     read_arpa_counts,
+    unigrams_path,
 )
 
 CORPUS = [
@@ -144,6 +145,7 @@ def test_binary_when_build_binary_is_available(tmp_path: Path) -> None:
         assert path.suffix == ".arpa"  # documented fallback: keep the ARPA
         return
     assert path.suffix == ".bin" and not path.with_suffix(".arpa").exists()
+    assert "cat" in unigrams_path(path).read_text().split()
     arpa = build_lm(CORPUS, tmp_path / "ref", order=3, binary=False)
     a, b = kenlm.Model(str(path)), kenlm.Model(str(arpa))
     for sentence in CORPUS:
