@@ -50,11 +50,16 @@ def pack_bits(mask: Tensor) -> Tensor:
     return (flat.view(-1, 8) * weights).sum(dim=1).to(torch.uint8)
 
 
+def _lut(device: torch.device) -> Tensor:
+    lut = _LUT_BY_DEVICE.get(device)
+    if lut is None:
+        lut = _LUT_BY_DEVICE.setdefault(device, _UNPACK_LUT.to(device))
+    return lut
+
+
 def unpack_bits(packed: Tensor, numel: int) -> Tensor:
     """``uint8 [n]`` -> bool ``[numel]`` (inverse of :func:`pack_bits`)."""
-    lut = _LUT_BY_DEVICE.get(packed.device)
-    if lut is None:
-        lut = _LUT_BY_DEVICE.setdefault(packed.device, _UNPACK_LUT.to(packed.device))
+    lut = _lut(packed.device)
     # One gather from a 256x8 table: far fewer passes than shift-and-mask.
     bits = torch.index_select(lut, 0, packed.to(torch.int32)).view(-1)
     return bits[:numel]
@@ -180,6 +185,16 @@ class LanguageMasks:
             raise KeyError(f"{name!r} is not a prunable tensor of these masks")
         _, _, numel = self._segments[name]
         return unpack_bits(self.packed(language, name), numel).view(self.shapes[name])
+
+    def unpack_into(self, language: str, name: str, out: Tensor) -> Tensor:
+        """Unpack one tensor's mask into a preallocated bool tensor of ``shapes[name]``."""
+        _, nbytes, numel = self._segments[name]
+        packed = self.packed(language, name)
+        if numel % 8:  # the padded tail does not fit ``out``: take the allocating path
+            return out.copy_(self.get(language, name))
+        lut = _lut(packed.device)
+        torch.index_select(lut, 0, packed.to(torch.int32), out=out.view(nbytes, 8))
+        return out
 
     def to(self, device: torch.device | str) -> LanguageMasks:
         """Move every buffer to ``device`` (in place); returns self."""

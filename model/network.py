@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
+from model.cache import MaskedWeightCache
 from model.config import BackboneConfig
 from model.masks import DEFAULT_SCOPE, LanguageMasks, prunable_parameter_names
 
@@ -44,7 +45,18 @@ class _Route:
 
     masks: LanguageMasks | None = None
     groups: list[Group] | None = None
-    cache: object | None = field(default=None)
+    cache: MaskedWeightCache | None = None
+    # Inference scratch buffers, keyed by (shape, dtype, device): a materialized weight is
+    # consumed by one matmul before the next is built, so one buffer per shape serves all
+    # layers and languages and no large allocation (page faults) happens per layer.
+    scratch: dict[tuple[object, ...], Tensor] = field(default_factory=dict)
+
+    def buffer(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+        key = (tuple(shape), dtype, device)
+        buf = self.scratch.get(key)
+        if buf is None:
+            buf = self.scratch[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
 
 
 class MaskedLinear(nn.Linear):
@@ -61,7 +73,7 @@ class MaskedLinear(nn.Linear):
         self._route = route
 
     def masked_weight(self, language: str | None) -> Tensor:
-        """``W ⊙ M_language`` ``[out, in]`` (``W`` itself for ``None``)."""
+        """``W ⊙ M_language`` ``[out, in]`` (``W`` itself for ``None``); differentiable."""
         masks = self._route.masks
         if language is None or masks is None:
             return self.weight
@@ -69,15 +81,62 @@ class MaskedLinear(nn.Linear):
         # where() rather than a product: the gradient is exactly 0 where the mask is 0.
         return torch.where(mask, self.weight, 0.0)
 
+    def _inference_weight(self, language: str | None) -> Tensor:
+        """``W ⊙ M_language`` for no-grad use: from the cache, or built in a scratch buffer."""
+        masks = self._route.masks
+        if language is None or masks is None:
+            return self.weight
+        w = self.weight
+        cache = self._route.cache
+        key = None
+        if cache is not None:
+            key = (
+                self.mask_name,
+                language,
+                masks.generation(language),
+                w._version,
+                w.data_ptr(),
+                w.dtype,
+            )
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
+        bits = self._route.buffer(w.shape, torch.bool, w.device)
+        masks.unpack_into(language, self.mask_name, bits)
+        if cache is not None and key is not None and cache.would_fit(w.numel() * w.element_size()):
+            out = torch.where(bits, w, 0.0)
+            cache.put(key, out)
+            return out
+        out = self._route.buffer(w.shape, w.dtype, w.device)
+        return torch.where(bits, w, w.new_zeros(()), out=out)
+
     def forward(self, x: Tensor) -> Tensor:
         """x ``[B, ..., in]``, batch sorted as ``route.groups`` says -> ``[B, ..., out]``."""
         groups = self._route.groups
         if groups is None or self._route.masks is None:
             return F.linear(x, self.weight, self.bias)
+        if not torch.is_grad_enabled():
+            return self._forward_inference(x, groups)
         if len(groups) == 1:
             return F.linear(x, self.masked_weight(groups[0][0]), self.bias)
         outs = [F.linear(x[s:e], self.masked_weight(lang), self.bias) for lang, s, e in groups]
         return torch.cat(outs, dim=0)
+
+    def _forward_inference(self, x: Tensor, groups: list[Group]) -> Tensor:
+        # Each group's matmul writes straight into its rows of one output: no concatenation.
+        x = x.contiguous()
+        rows = x[0].numel() // self.in_features  # tokens per sample
+        out = x.new_empty(*x.shape[:-1], self.out_features)
+        out2d = out.view(-1, self.out_features)
+        x2d = x.view(-1, self.in_features)
+        for lang, s, e in groups:
+            w = self._inference_weight(lang)
+            xs, os_ = x2d[s * rows : e * rows], out2d[s * rows : e * rows]
+            if self.bias is not None:
+                torch.addmm(self.bias, xs, w.t(), out=os_)
+            else:
+                torch.mm(xs, w.t(), out=os_)
+        return out
 
 
 class LanguageIdHead(nn.Module):
@@ -192,6 +251,16 @@ class LassModel(nn.Module):
                 raise ValueError(f"mask shapes do not match the model's prunable tensors: {diff}")
             masks.to(self.mask_embedding.device)
         self._route.masks = masks
+
+    def set_weight_cache(self, budget_bytes: int | None) -> MaskedWeightCache | None:
+        """Cache materialized ``W ⊙ M`` for no-grad forwards within ``budget_bytes`` (None: off)."""
+        self._route.cache = MaskedWeightCache(budget_bytes) if budget_bytes else None
+        return self._route.cache
+
+    @property
+    def weight_cache(self) -> MaskedWeightCache | None:
+        """The materialized-weight cache, when enabled."""
+        return self._route.cache
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # Keep the packed masks on the same device as the weights (model.to(...), .cuda()).

@@ -151,3 +151,52 @@ def test_bad_lang_ids_are_refused() -> None:
         model(waves, lang_ids=torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="out of range"):
         model(waves, lang_ids=torch.tensor([0, 9]))
+
+
+def test_inference_path_and_weight_cache_match_training_path() -> None:
+    model = micro_model().eval()
+    masks = random_masks(model, LANGS)
+    model.set_masks(masks)
+    waves = torch.randn(5, 8000)
+    lengths = torch.tensor([8000, 6000, 8000, 7000, 5000])
+    ids = torch.tensor([3, 1, 1, -1, 0])
+    reference = model(waves, lengths, ids).logits.detach()  # grad enabled: autograd path
+    with torch.inference_mode():
+        plain = model(waves, lengths, ids).logits
+    torch.testing.assert_close(plain, reference, rtol=0, atol=1e-5)
+
+    cache = model.set_weight_cache(1 << 30)
+    assert cache is not None
+    with torch.inference_mode():
+        first = model(waves, lengths, ids).logits
+        second = model(waves, lengths, ids).logits
+    torch.testing.assert_close(first, reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    stats = cache.stats()
+    assert stats.hits > 0 and stats.entries == 3 * len(masks.shapes)  # 3 masked languages
+
+    # An in-place weight update and a re-added language both invalidate cached weights.
+    with torch.no_grad():
+        for p in model.encoder.transformer.layers.parameters():
+            p.mul_(1.5)
+    masks.remove("en")
+    masks.add("en", {n: ~random_masks(model, ["en"], seed=9).get("en", n) for n in masks.shapes})
+    expected = model(waves, lengths, ids).logits.detach()
+    with torch.inference_mode():
+        after = model(waves, lengths, ids).logits
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-5)
+    assert (after - first).abs().max() > 1e-3
+
+
+def test_weight_cache_respects_its_byte_budget() -> None:
+    model = micro_model().eval()
+    model.set_masks(random_masks(model, LANGS))
+    one_weight = 64 * 128 * 4  # bytes of the largest prunable weight
+    cache = model.set_weight_cache(3 * one_weight)
+    assert cache is not None
+    with torch.inference_mode():
+        model(torch.randn(4, 4000), lang_ids=torch.tensor([0, 1, 2, 3]))
+    stats = cache.stats()
+    assert 0 < stats.used_bytes <= 3 * one_weight
+    model.set_weight_cache(None)
+    assert model.weight_cache is None
