@@ -47,6 +47,8 @@ ENCODINGS = {
     "webm-opus-48k-stereo": Encoding("webm", "libopus", 48_000, 2, "webm", "opus"),
     "m4a-aac-44k": Encoding("ipod", "aac", 44_100, 1, "mp4", "aac"),
     "mp4-aac-32k-stereo": Encoding("mp4", "aac", 32_000, 2, "mp4", "aac"),
+    # 16-bit PCM in matroska: PyAV decodes it to s16, so the format-conversion path runs.
+    "mka-pcm-22k-stereo": Encoding("matroska", "pcm_s16le", 22_050, 2, "matroska", "pcm_s16le"),
 }
 
 
