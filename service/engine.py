@@ -34,6 +34,7 @@ from service.worker import ModelWorker
 log = logging.getLogger("lass.engine")
 
 SAMPLE_RATE = 16_000
+MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s, OpenAI's minimum; the conv encoder needs >= 400
 State = Literal["starting", "loading", "ready", "failed", "stopped"]
 
 
@@ -57,6 +58,10 @@ class MetricsSink(Protocol):
     def set_model_info(
         self, bundle: str, languages: Sequence[str], device: str, dtype: str
     ) -> None: ...
+
+
+class AudioTooShortError(ValueError):
+    """Shorter than the feature encoder's receptive field can take (OpenAI: 0.1 s)."""
 
 
 class NotReadyError(Exception):
@@ -237,15 +242,16 @@ class Engine:
         worker = self.worker
         if worker is None:
             raise NotReadyError("the model is not loaded")
-        loop = asyncio.get_running_loop()
-        waves = [item.payload for item in batch.items]
         start = time.perf_counter()
-        outputs: Sequence[Any]
-        if batch.kind == "lid":
-            outputs = await loop.run_in_executor(self._model_thread, worker.run_lid, waves)
-        else:
-            langs = [item.group for item in batch.items]
-            outputs = await loop.run_in_executor(self._model_thread, worker.run_asr, waves, langs)
+        try:
+            outputs = await self._forward(worker, batch.kind, batch.items)
+        except Exception:
+            if batch.size == 1:
+                raise
+            # One bad item must not fail its batch-mates: rerun them one by one.
+            log.exception("batch %d failed; retrying its %d items alone", batch.id, batch.size)
+            await self._run_alone(worker, batch)
+            return
         inference_s = time.perf_counter() - start
         if self.metrics is not None and batch.kind == "asr":
             self.metrics.observe_batch(
@@ -265,6 +271,39 @@ class Engine:
                         languages,
                         batch.created_at - item.enqueued_at,
                         inference_s,
+                    )
+                )
+
+    async def _forward(
+        self, worker: ModelWorker, kind: str, items: Sequence[WorkItem]
+    ) -> Sequence[Any]:
+        loop = asyncio.get_running_loop()
+        waves = [item.payload for item in items]
+        if kind == "lid":
+            return await loop.run_in_executor(self._model_thread, worker.run_lid, waves)
+        langs = [item.group for item in items]
+        return await loop.run_in_executor(self._model_thread, worker.run_asr, waves, langs)
+
+    async def _run_alone(self, worker: ModelWorker, batch: Batch) -> None:
+        for item in batch.items:
+            if item.future.done():
+                continue
+            start = time.perf_counter()
+            try:
+                (output,) = await self._forward(worker, batch.kind, [item])
+            except Exception as exc:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+                continue
+            if not item.future.done():
+                item.future.set_result(
+                    ItemResult(
+                        output,
+                        batch.id,
+                        1,
+                        (item.group,),
+                        batch.created_at - item.enqueued_at,
+                        time.perf_counter() - start,
                     )
                 )
 
@@ -311,6 +350,11 @@ class Engine:
         Raises QueueFullError, DeadlineExceededError, ShuttingDownError, NotReadyError.
         """
         worker = self._require_ready()
+        if len(samples) < MIN_SAMPLES:
+            raise AudioTooShortError(
+                f"the audio is {len(samples) / SAMPLE_RATE:.3f} s long; the minimum is "
+                f"{MIN_SAMPLES / SAMPLE_RATE} s"
+            )
         probability: float | None = None
         if language is None:
             language, probability = await self.identify(samples, request_id)

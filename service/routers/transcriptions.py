@@ -32,7 +32,7 @@ from starlette.formparsers import MultiPartException
 from service.audio import AudioError, DecodedAudio, decode_audio, decode_pcm
 from service.batcher import DeadlineExceededError, QueueFullError, ShuttingDownError
 from service.context import AppContext, get_context
-from service.engine import DecodeOptions, NotReadyError, TranscriptionResult
+from service.engine import MIN_SAMPLES, DecodeOptions, NotReadyError, TranscriptionResult
 from service.errors import ApiError, bad_field, from_audio_error
 from service.formats import GRANULARITIES, RESPONSE_FORMATS, render
 
@@ -179,7 +179,7 @@ async def read_request(request: Request) -> tuple[dict[str, list[str]], Upload]:
     """Text fields and the audio, from a multipart form or a raw audio body."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fields: dict[str, list[str]] = {}
-    if media == "multipart/form-data":
+    if media in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form(max_files=1, max_fields=64)
         except MultiPartException as exc:
@@ -295,6 +295,13 @@ async def create_transcription(
     ctx.metrics.observe_stage("audio_decode", audio_s)
     if audio.samples.size == 0:
         raise ApiError(400, "the audio holds no samples", param="file", code="empty_file")
+    if audio.samples.size < MIN_SAMPLES:
+        raise ApiError(
+            400,
+            f"the audio is {audio.duration:.3f} s long; the minimum is 0.1 s",
+            param="file",
+            code="audio_too_short",
+        )
     options = DecodeOptions(
         beam=(params.decoder or ctx.settings.decoder) == "beam",
         hotwords=tuple(params.hotwords),
