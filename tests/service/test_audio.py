@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 from dataclasses import dataclass
 
@@ -59,11 +60,13 @@ def stereo_of(samples: np.ndarray, channels: int) -> np.ndarray:
     return np.stack([samples, 0.5 * samples])
 
 
-def encode(samples: np.ndarray, enc: Encoding) -> bytes:
+def encode(
+    samples: np.ndarray, enc: Encoding, container_options: dict[str, str] | None = None
+) -> bytes:
     """Write 16 kHz mono float32 [T] into ``enc``'s container/codec/rate/channels with PyAV."""
     buf = io.BytesIO()
     layout = "mono" if enc.channels == 1 else "stereo"
-    with av.open(buf, mode="w", format=enc.container) as out:
+    with av.open(buf, mode="w", format=enc.container, options=container_options) as out:
         # ffmpeg's native vorbis encoder is flagged experimental
         options = {"strict": "experimental"} if enc.codec == "vorbis" else None
         stream = out.add_stream(enc.codec, rate=enc.rate, layout=layout, options=options)
@@ -266,13 +269,26 @@ def test_over_the_duration_limit_is_413(name: str, clip: np.ndarray) -> None:
     assert decode_audio(data, max_duration=2 * limit + 0.5).duration > limit
 
 
-def test_ogg_without_duration_stops_decoding_at_the_limit() -> None:
-    # Ogg has no duration header: the guard must trip while decoding, not after.
+def test_stream_without_duration_stops_decoding_at_the_limit() -> None:
+    # A live webm (what browsers' MediaRecorder uploads) declares no duration: the guard
+    # must trip while decoding, right after the limit, not after decoding everything.
+    long = np.tile(np.sin(np.arange(TARGET_RATE) / 5).astype(np.float32) * 0.3, 120)  # 120 s
+    data = encode(long, ENCODINGS["webm-opus-48k-stereo"], container_options={"live": "1"})
+    with av.open(io.BytesIO(data), mode="r") as probe:
+        assert probe.duration is None
+    with pytest.raises(AudioTooLongError) as info:
+        decode_audio(data, max_duration=10)
+    seen = re.search(r"at least ([\d.]+) s", info.value.message)
+    assert seen and 10 <= float(seen.group(1)) < 10.5
+
+
+def test_declared_duration_rejects_before_decoding() -> None:
     long = np.tile(np.sin(np.arange(TARGET_RATE) / 5).astype(np.float32) * 0.3, 120)  # 120 s
     data = encode(long, ENCODINGS["ogg-opus-48k"])
     with pytest.raises(AudioTooLongError) as info:
         decode_audio(data, max_duration=10)
-    assert "10 s" in info.value.message
+    seen = re.search(r"at least ([\d.]+) s", info.value.message)
+    assert seen and float(seen.group(1)) > 100  # from the container, nothing decoded
 
 
 # ---------------------------------------------------------------------------- raw PCM
