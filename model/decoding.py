@@ -33,6 +33,7 @@ BLANK_ID = 0
 # pyctcdecode logs an INFO/WARNING line per decoder about alphabet style and small unigram
 # sets (ours are small by design in tests); they carry no information for lass's users.
 logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 
 class VocabularyLike(Protocol):
@@ -305,6 +306,13 @@ class BeamDecoder:
             raise FileNotFoundError(f"language model not found: {lm_path}")
         if lm_path is not None and unigrams is None and Path(lm_path).suffix != ".arpa":
             unigrams = _sidecar_unigrams(Path(lm_path))
+            if unigrams is None:
+                log.warning(
+                    "%s has no %s.unigrams.txt beside it: every partial word will be scored "
+                    "as unknown, which hurts beam search",
+                    lm_path,
+                    Path(lm_path).name,
+                )
         self._decoder = build_ctcdecoder(
             list(columns.labels),
             kenlm_model_path=str(lm_path) if lm_path is not None else None,

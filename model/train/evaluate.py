@@ -192,7 +192,7 @@ def evaluate(
     lm_paths: Mapping[str, Path] | None = None,
     beam_width: int = 32,
     batch_size: int = 8,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     methods: Sequence[str] = METHODS,
     root: Path | None = None,
     beam_config: BeamConfig | None = None,
@@ -204,6 +204,7 @@ def evaluate(
     found in the entries). ``lm_paths``: language -> ARPA/binary LM for "beam_lm"
     (languages without one get no beam+LM score). ``root``: folder that relative audio
     paths resolve against when entries are given as a list (default: the working folder).
+    ``device``: where the batches go (default: the model's device; the model is not moved).
     Unreadable audio, empty references and unknown languages are skipped and counted.
     """
     unknown = [m for m in methods if m not in METHODS]
@@ -220,8 +221,9 @@ def evaluate(
     config = beam_config or BeamConfig(beam_width=beam_width)
     beams = BeamDecoders(vocab, lm_paths, config)
     columns = ColumnCache(vocab)
-    device = torch.device(device)
-    dtype = next(model.parameters()).dtype
+    first = next(model.parameters())
+    device = torch.device(device) if device is not None else first.device
+    dtype = first.dtype
     was_training = model.training
     model.eval()
     results: list[UtteranceResult] = []
