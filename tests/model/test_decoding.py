@@ -271,3 +271,13 @@ def test_greedy_matches_core_greedy_decode(vocab: Vocabulary) -> None:
             if vocab.tokens[ids[k]] != " " and (k == 0 or vocab.tokens[ids[k - 1]] == " ")
         ]
         assert [round(w.start / FRAME_SECONDS) for w in t.words] == word_starts
+
+
+def test_hotwords_work_with_an_lm_for_words_it_never_saw(vocab: Vocabulary, en_lm: Path) -> None:
+    frames = spell("the ") + ambiguous_word("ca", {"d": 0.55, "t": 0.44}, " sat")
+    logits, lengths = batch(vocab, [frames])
+    decoders = BeamDecoders(vocab, {"en": en_lm})
+    assert decoders.decode(logits[0], "en", lengths[0]).text == "the cat sat"
+    # "cad" is out of the LM's vocabulary; the hotword bonus outweighs the unknown-word cost.
+    boosted = decoders.decode(logits[0], "en", lengths[0], hotwords=["cad"], hotword_weight=20.0)
+    assert boosted.text == "the cad sat"
