@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "masked-forward": "bench.masked_forward",
     "train-step": "bench.train_step",
     "service": "bench.service",
+    "decoding": "bench.decoding",
 }
 
 app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
@@ -24,7 +25,7 @@ app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 
 @app.callback()
 def bench(ctx: typer.Context) -> None:
-    """Run a benchmark: masked-forward, train-step, service."""
+    """Run a benchmark: masked-forward, train-step, service, decoding."""
     if ctx.invoked_subcommand is None:
         typer.echo(f"lass bench: name one of {', '.join(BENCHMARKS)}.", err=True)
         raise typer.Exit(code=2)
