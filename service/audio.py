@@ -150,24 +150,74 @@ def resample(samples: np.ndarray, rate: int, target: int = TARGET_RATE) -> np.nd
     return np.concatenate(pieces).astype(np.float32, copy=False)
 
 
-def _finish(
-    channels_first: np.ndarray, rate: int, fmt: str, codec: str, max_duration: float | None
-) -> DecodedAudio:
-    """[C, T] float at ``rate`` -> DecodedAudio (mean downmix, resample, clip)."""
-    channels, frames = channels_first.shape
-    if frames == 0:
-        raise EmptyAudioError("the file contains no audio samples")
-    _check_duration(frames, rate, max_duration)
-    if channels > 1:
+class _MonoStream:
+    """Downmix (channel mean) and resample to 16 kHz as chunks arrive.
+
+    Holds the 16 kHz mono result plus at most ~``buffer_s`` of input, so a long stereo
+    48 kHz upload never exists in memory at its original rate and channel count
+    (30 min of it would be 690 MB as float32).
+    """
+
+    def __init__(self, rate: int, channels: int, buffer_s: float = 1000.0) -> None:
+        self.rate = rate
+        self.channels = channels
+        self.frames = 0  # input frames seen, at ``rate``
+        self._limit = max(1, int(buffer_s * rate))
+        self._pending: list[np.ndarray] = []
+        self._pending_frames = 0
+        self._out: list[np.ndarray] = []
+        self._weights = np.full(channels, 1.0 / channels, dtype=np.float32)
+        self._resampler = (
+            None
+            if rate == TARGET_RATE
+            else av.AudioResampler(format="flt", layout="mono", rate=TARGET_RATE)
+        )
+
+    def add(self, chunk: np.ndarray) -> None:
+        """``chunk``: float32 [C, n] at ``rate`` (any strides)."""
+        if chunk.shape[0] != self.channels:
+            raise ValueError(f"{chunk.shape[0]} channels after {self.channels}: layout changed")
+        self.frames += chunk.shape[1]
+        self._pending.append(chunk)
+        self._pending_frames += chunk.shape[1]
+        if self._pending_frames >= self._limit:
+            self._convert()
+
+    def _convert(self) -> None:
+        if not self._pending:
+            return
+        block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending, 1)
+        self._pending, self._pending_frames = [], 0
         # A mat-vec product: BLAS reads the [T, C] view soundfile gives without a copy
         # (numpy's mean over that strided axis was 7 ms for 4 s of stereo at 44.1 kHz).
-        weights = np.full(channels, 1.0 / channels, dtype=np.float32)
-        mono = weights @ channels_first.astype(np.float32, copy=False)
-    else:
-        mono = channels_first[0]
-    samples = resample(mono, rate)
-    np.clip(samples, -1.0, 1.0, out=samples)
-    return DecodedAudio(samples, samples.size / TARGET_RATE, rate, channels, fmt, codec)
+        block = block.astype(np.float32, copy=False)
+        mono = self._weights @ block if self.channels > 1 else block[0]
+        if self._resampler is None:
+            self._out.append(np.array(mono, dtype=np.float32))
+            return
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(mono, dtype=np.float32)[None, :], format="flt", layout="mono"
+        )
+        frame.sample_rate = self.rate
+        self._out += [f.to_ndarray()[0] for f in self._resampler.resample(frame)]
+
+    def finish(self) -> np.ndarray:
+        """The whole signal: float32 [T] at 16 kHz, clipped to [-1, 1]."""
+        self._convert()
+        if self._resampler is not None and self.frames:
+            self._out += [f.to_ndarray()[0] for f in self._resampler.resample(None)]
+        samples = np.concatenate(self._out) if self._out else np.zeros(0, dtype=np.float32)
+        np.clip(samples, -1.0, 1.0, out=samples)
+        return samples
+
+
+def _finish(stream: _MonoStream, fmt: str, codec: str) -> DecodedAudio:
+    if stream.frames == 0:
+        raise EmptyAudioError("the file contains no audio samples")
+    samples = stream.finish()
+    return DecodedAudio(
+        samples, samples.size / TARGET_RATE, stream.rate, stream.channels, fmt, codec
+    )
 
 
 # libsndfile subtype -> FFmpeg's codec name, so both decoders report codecs alike.
@@ -192,16 +242,19 @@ def _decode_soundfile(
             rate, channels, subtype = f.samplerate, f.channels, f.subtype
             if rate <= 0 or not 0 < channels <= MAX_CHANNELS:
                 return None
-            # Headers can overstate the length of a truncated file: read, then check what came.
-            if max_duration is not None:
-                _check_duration(f.frames, rate, max_duration)
-            data = f.read(dtype="float32", always_2d=True)  # [T, C]
+            _check_duration(f.frames, rate, max_duration)  # from the header, before reading
+            mono = _MonoStream(rate, channels)
+            # Headers can misstate the length (truncated or streamed files): count as we go.
+            # (f.read stops at the real end; f.blocks would pad to the header's length.)
+            while (block := f.read(1 << 16, dtype="float32", always_2d=True)).size:
+                mono.add(block.T)  # [T, C] -> [C, T] view
+                _check_duration(mono.frames, rate, max_duration)
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
         return None
     codec = "flac" if fmt == "flac" else _SF_CODECS.get(subtype, subtype.lower())
-    return _finish(data.T, rate, fmt, codec, max_duration)
+    return _finish(mono, fmt, codec)
 
 
 def _decode_pyav(source: BinaryIO, fmt: str | None, max_duration: float | None) -> DecodedAudio:
@@ -223,43 +276,42 @@ def _decode_pyav(source: BinaryIO, fmt: str | None, max_duration: float | None) 
         # Decode to float planar at the input's rate and layout; downmix ourselves
         # (swresample's stereo->mono matrix scales by 1/sqrt(2), not a mean).
         planar: av.AudioResampler | None = None
-        chunks: list[np.ndarray] = []
-        rate = 0
+        mono: _MonoStream | None = None
         layout = ""
-        frames = 0
         try:
             for frame in container.decode(stream):
-                if rate == 0:
-                    rate, layout = frame.sample_rate, frame.layout.name
+                if mono is None:
+                    channels = len(frame.layout.channels)
+                    if not 0 < channels <= MAX_CHANNELS or frame.sample_rate <= 0:
+                        raise UnsupportedAudioError(
+                            f"unsupported audio: {channels} channels at {frame.sample_rate} Hz"
+                        )
+                    mono, layout = _MonoStream(frame.sample_rate, channels), frame.layout.name
                 # Most decoders (mp3, aac, opus, vorbis) already give float planar.
-                same = frame.sample_rate == rate and frame.layout.name == layout
+                same = frame.sample_rate == mono.rate and frame.layout.name == layout
                 if frame.format.name == "fltp" and same:
                     converted = [frame]
                 else:
                     if planar is None:
-                        planar = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+                        planar = av.AudioResampler(format="fltp", layout=layout, rate=mono.rate)
                     converted = planar.resample(frame)
                 for out in converted:
-                    array = out.to_ndarray()  # [C, n]
-                    chunks.append(array)
-                    frames += array.shape[1]
-                    _check_duration(frames, rate, max_duration)
-            if planar is not None:
-                chunks += [out.to_ndarray() for out in planar.resample(None)]
+                    mono.add(out.to_ndarray())  # [C, n]
+                _check_duration(mono.frames, mono.rate, max_duration)
+            if planar is not None and mono is not None:
+                for out in planar.resample(None):
+                    mono.add(out.to_ndarray())
         except AudioError:
             raise
         except (av.FFmpegError, ValueError, EOFError) as exc:
             # A file cut short mid-stream keeps what decoded (like ffmpeg does); one that
-            # yields nothing is not audio we can read. (ValueError: PyAV's resampler
-            # refuses a second mid-stream format change, e.g. in chained ogg.)
-            if not chunks:
+            # yields nothing is not audio we can read. (ValueError: a mid-stream layout
+            # change, which PyAV's resampler and _MonoStream refuse.)
+            if mono is None or mono.frames == 0:
                 raise UnsupportedAudioError(f"could not decode the audio: {exc}") from exc
-    if not chunks:
+    if mono is None:
         raise EmptyAudioError("the file contains no audio samples")
-    channels = chunks[0].shape[0]
-    if not 0 < channels <= MAX_CHANNELS or rate <= 0:
-        raise UnsupportedAudioError(f"unsupported channel count {channels} or rate {rate}")
-    return _finish(np.concatenate(chunks, axis=1), rate, name, codec, max_duration)
+    return _finish(mono, name, codec)
 
 
 def decode_audio(
@@ -318,9 +370,11 @@ def decode_pcm(
             f" (16-bit samples x {channels} channel(s))"
         )
     _check_duration(len(data) // frame_bytes, sample_rate, max_duration)
-    pcm = np.frombuffer(data, dtype="<i2").reshape(-1, channels).T  # [C, T]
-    floats = pcm.astype(np.float32) / 32768.0
-    return _finish(floats, sample_rate, "pcm_s16le", "pcm_s16le", max_duration)
+    pcm = np.frombuffer(data, dtype="<i2").reshape(-1, channels)  # [T, C]
+    mono = _MonoStream(sample_rate, channels)
+    for start in range(0, pcm.shape[0], 1 << 16):  # int16 -> float32 a block at a time
+        mono.add(pcm[start : start + (1 << 16)].T.astype(np.float32) / 32768.0)
+    return _finish(mono, "pcm_s16le", "pcm_s16le")
 
 
 # ---------------------------------------------------------------------------- upload size

@@ -181,7 +181,10 @@ class Engine:
     def _load_sync(self) -> ModelWorker:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        worker = ModelWorker.load(self.settings.bundle, self.settings.device, self.settings.dtype)
+        settings = self.settings
+        worker = ModelWorker.load(
+            settings.bundle, settings.device, settings.dtype, settings.weight_cache_mb
+        )
         if self.settings.warmup:
             log.info("warm-up batch took %.2f s", worker.warm_up())
         return worker

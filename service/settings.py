@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # written for OpenAI's API work unchanged.
     model_aliases: list[str] = ["whisper-1"]
     warmup: bool = True
+    # Budget for materialized per-language weights W ⊙ M (an LRU cache; 0 = off, every
+    # batch then rebuilds them from the bit-packed masks).
+    weight_cache_mb: Annotated[int, Field(ge=0)] = 4096
 
     # Dynamic batching: "mixed" batches any languages, "language" only one per batch;
     # max_batch_size=1 disables batching.
