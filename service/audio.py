@@ -158,7 +158,7 @@ class _MonoStream:
     (30 min of it would be 690 MB as float32).
     """
 
-    def __init__(self, rate: int, channels: int, buffer_s: float = 1000.0) -> None:
+    def __init__(self, rate: int, channels: int, buffer_s: float = 1.0) -> None:
         self.rate = rate
         self.channels = channels
         self.frames = 0  # input frames seen, at ``rate``

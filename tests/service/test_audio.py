@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import tempfile
+import tracemalloc
 from dataclasses import dataclass
 
 import av
@@ -162,6 +163,25 @@ def test_downmix_is_the_channel_mean() -> None:
     assert np.abs(opposite.samples).max() < 1e-6
     half = decode_audio(wav_bytes(np.stack([x, np.zeros_like(x)], axis=1), subtype="FLOAT"))
     np.testing.assert_allclose(half.samples, x / 2, atol=1e-6)
+
+
+def test_long_stereo_decodes_in_blocks_without_holding_the_original() -> None:
+    # 60 s of stereo 48 kHz: as float32 [2, T] it is 23 MB, its 48 kHz mono 11.5 MB; decoding
+    # block by block holds only the 16 kHz result (3.8 MB) and a second of input.
+    rate = 48_000
+    x = (0.3 * np.sin(np.arange(60 * rate) / 7)).astype(np.float32)
+    data = wav_bytes(np.stack([x, 0.5 * x], axis=1), rate=rate)
+    tracemalloc.start()
+    try:
+        decoded = decode_audio(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * decoded.samples.nbytes
+    # Block-wise downmix + streaming resample equals doing it on the whole signal at once.
+    ints = np.frombuffer(data[44:], dtype="<i2").reshape(-1, 2).astype(np.float32) / 32768
+    whole = resample(ints.mean(axis=1, dtype=np.float32), rate)
+    np.testing.assert_allclose(decoded.samples, whole, atol=1e-6)
 
 
 @pytest.mark.parametrize("rate", [8_000, 22_050, 44_100, 48_000])
