@@ -19,6 +19,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from lass import __version__
+
 # Buckets sized for this service: requests of 0.1-30 s audio on a CPU or a GPU.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -109,7 +111,7 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(
             "lass_model",
             "info",
-            "The loaded bundle: path, languages, device and dtype.",
+            "The loaded bundle (path, languages), device, dtype and lass version.",
         ),
     )
 }
@@ -228,6 +230,7 @@ class ServiceMetrics:
                 "languages": ",".join(sorted(languages)),
                 "device": device,
                 "dtype": dtype,
+                "version": __version__,  # tells rolled-out builds apart on a dashboard
             }
         )
 

@@ -278,7 +278,7 @@ def allowed_labels() -> set[str]:
     labels = set(TARGET_LABELS)
     for spec in SPECS.values():
         labels |= set(spec.labels)
-    return labels | {"bundle", "languages", "device", "dtype"}  # lass_model_info's labels
+    return labels | {"bundle", "languages", "device", "dtype", "version"}  # lass_model_info
 
 
 def test_metric_name_parser() -> None:

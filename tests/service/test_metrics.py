@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lass import __version__
 from service.metrics import METRIC_NAMES, SPECS, ServiceMetrics
 
 
@@ -61,6 +62,7 @@ def test_values_after_a_batch() -> None:
         "languages": "de,en,es",
         "device": "cpu",
         "dtype": "float32",
+        "version": __version__,
     }
 
 
