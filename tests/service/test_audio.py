@@ -238,6 +238,43 @@ def test_undecodable_is_415(data: bytes) -> None:
     assert "upload.bin" in info.value.message
 
 
+def video_mp4(samples: np.ndarray | None) -> bytes:
+    """A 1 s 32x32 mpeg4 video, with ``samples`` (16 kHz mono) as an aac track if given."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        video = out.add_stream("mpeg4", rate=10)
+        assert isinstance(video, av.video.stream.VideoStream)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = None
+        if samples is not None:
+            audio = out.add_stream("aac", rate=TARGET_RATE, layout="mono")
+            assert isinstance(audio, av.audio.stream.AudioStream)
+        for _ in range(10):
+            image = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            for packet in video.encode(image):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+        if audio is not None and samples is not None:
+            frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+            frame.sample_rate = TARGET_RATE
+            for packet in [*audio.encode(frame), *audio.encode(None)]:
+                out.mux(packet)
+    return buf.getvalue()
+
+
+def test_video_file_decodes_its_audio_track(clip: np.ndarray) -> None:
+    decoded = decode_audio(video_mp4(clip), filename="clip.mp4", content_type="video/mp4")
+    assert decoded.codec == "aac"
+    assert abs(decoded.duration - clip.size / TARGET_RATE) < 0.1
+    assert best_correlation(decoded.samples, clip) > 0.9
+
+
+def test_video_without_audio_is_415() -> None:
+    with pytest.raises(UnsupportedAudioError, match="no audio stream"):
+        decode_audio(video_mp4(None), filename="silent.mp4")
+
+
 def test_corrupted_middle_of_mp3_still_decodes_or_415(clip: np.ndarray) -> None:
     data = bytearray(encode(clip, ENCODINGS["mp3-44k-stereo"]))
     rng = np.random.default_rng(1)

@@ -109,3 +109,30 @@ def test_promtool_check_metrics_reports_nothing() -> None:
     report = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, report
     assert report.strip() == "", report
+
+
+def test_the_apps_metrics_route_passes_promtool() -> None:
+    # The real app (routers, middlewares), in-process, without loading a model: the
+    # /metrics route serves this registry and the request middleware feeds it.
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    client = TestClient(create_app(Settings()))  # not entered: no lifespan, no bundle
+    assert client.get("/health/live").status_code == 200
+    assert client.get("/no/such/route").status_code == 404
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name for f in text_string_to_metric_families(response.text)}
+    assert {"lass_requests", "lass_queue_depth", "lass_request_duration_seconds"} <= families
+    assert 'lass_requests_total{endpoint="/health/live",status="200"} 1.0' in response.text
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=response.content,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip()
