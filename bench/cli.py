@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "train-step": "bench.train_step",
     "service": "bench.service",
     "decoding": "bench.decoding",
+    "audio-io": "bench.audio_io",
 }
 
 app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
@@ -25,7 +26,7 @@ app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 
 @app.callback()
 def bench(ctx: typer.Context) -> None:
-    """Run a benchmark: masked-forward, train-step, service, decoding."""
+    """Run a benchmark: masked-forward, train-step, service, decoding, audio-io."""
     if ctx.invoked_subcommand is None:
         typer.echo(f"lass bench: name one of {', '.join(BENCHMARKS)}.", err=True)
         raise typer.Exit(code=2)
