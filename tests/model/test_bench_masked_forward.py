@@ -1,0 +1,21 @@
+"""The masked-forward benchmark runs end to end on the tiny preset and ends with its JSON line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.masked_forward import main
+
+
+def test_quick_run_prints_table_and_json_last(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--quick", "--memory-languages", "1,10"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("masked, on the fly") for line in lines)
+    result = json.loads(lines[-1])
+    assert result["config"] == "tiny" and result["device"] == "cpu"
+    assert result["ratio_vs_dense"] > 0 and result["ratio_vs_dense_cached"] > 0
+    # one bit per prunable parameter: tiny has 6 layers x (4*256*256 + 2*256*1024) of them
+    assert result["bytes_per_language"] == 6 * (4 * 256 * 256 + 2 * 256 * 1024) // 8
+    assert result["memory"]["10"]["mask_bytes"] == 10 * result["bytes_per_language"]
