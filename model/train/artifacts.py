@@ -62,7 +62,9 @@ def new_model(cfg: ModelConfig, vocab: Vocabulary, init_from: Path | None = None
         model = LassModel(art.model.config, len(vocab), vocab.languages, cfg.scope, cfg.lid_head)
         _load_compatible(model, art.model.state_dict())
         return model
-    return LassModel(backbone_config(cfg), len(vocab), vocab.languages, cfg.scope, cfg.lid_head)
+    with torch.random.fork_rng():  # the same seed gives the same weights, in any process
+        torch.manual_seed(cfg.seed)
+        return LassModel(backbone_config(cfg), len(vocab), vocab.languages, cfg.scope, cfg.lid_head)
 
 
 def _load_compatible(model: LassModel, state: dict[str, Tensor]) -> None:

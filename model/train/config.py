@@ -149,6 +149,7 @@ class ModelConfig:
     scope: list[str] = field(default_factory=lambda: ["attention", "feed_forward"])
     init_from: str = ""  # local HF wav2vec2 directory or a lass stage checkpoint (.pt)
     lid_head: bool = True
+    seed: int = 0  # initialisation of a new model
 
 
 @dataclass

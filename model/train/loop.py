@@ -225,13 +225,14 @@ def train_loop(
 
                 window_n += 1
                 window_audio += _audio_seconds(batch) * dist.world_size
+                loss_value = float(loss.detach())
                 for key, value in {
-                    "loss": float(loss),
+                    "loss": loss_value,
                     "grad_norm": gnorm,
                     **result.metrics,
                 }.items():
                     window[key] = window.get(key, 0.0) + value
-                bar.update(task, completed=state.step, info=f"loss {float(loss):.3f}")
+                bar.update(task, completed=state.step, info=f"loss {loss_value:.3f}")
                 if log is not None and (state.step % cfg.log_every == 0 or state.step == total):
                     elapsed = time.perf_counter() - window_start
                     log.log(

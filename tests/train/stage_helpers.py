@@ -61,6 +61,9 @@ steps = 2
 sparsity = 0.5
 sparsity_per_language = { es = 0.7 }
 max_batch_size = 4
+[prune.optim]
+lr = 1e-2  # a few steps must move the weights enough to rank them per language
+warmup_steps = 1
 [adapt]
 steps = 2
 max_batch_size = 6

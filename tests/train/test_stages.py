@@ -1,0 +1,144 @@
+"""Stages on a micro model and a micro espeak-ng corpus: objectives, pruning, masks, baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.train.adapters import LanguageAdapters
+from model.train.artifacts import load_artifact, load_masks, new_model
+from model.train.config import ContrastiveConfig
+from model.train.context import Context
+from model.train.data.batching import collate
+from model.train.finetune import run_finetune
+from model.train.inputs import make_inputs
+from model.train.objectives import ContrastiveHead, contrastive_step
+from model.train.prune import magnitude_masks, round_densities, run_prune
+from tests.train.stage_helpers import micro_config, micro_corpus  # noqa: F401
+
+
+def test_contrastive_loss_decreases_on_a_fixed_batch(micro_corpus: Path, tmp_path: Path) -> None:  # noqa: F811
+    _, cfg = micro_config(tmp_path, micro_corpus)
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    model = new_model(cfg.model, ctx.vocab())
+    inputs = make_inputs(ctx, "train", cfg.pretrain, with_text=False)
+    batch = collate([inputs.dataset[i] for i in range(6)])
+    objective = ContrastiveConfig(
+        num_negatives=8, codebook_entries=16, codevector_dim=32, final_dim=32, mask_length=4
+    )
+    head = ContrastiveHead(model.config.feature_dim, model.config.encoder_embed_dim, objective)
+    params = list(model.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=2e-3)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(12):
+        # Same masks and distractors every step: only the weights change.
+        generator = torch.Generator().manual_seed(1)
+        result = contrastive_step(
+            model, head, batch.waveforms, batch.lengths, None, objective, 0, generator
+        )
+        optimizer.zero_grad()
+        result.loss.backward()
+        optimizer.step()
+        losses.append(result.metrics["contrastive"])
+    assert result.metrics["masked_frames"] > 10
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_round_densities_and_magnitude_masks() -> None:
+    densities = round_densities(0.75, 2)
+    assert densities == pytest.approx([0.5, 0.25])
+    torch.manual_seed(0)
+    weights = {"a": torch.randn(10, 10), "b": torch.randn(4, 5) * 10}
+    everything = {k: torch.ones_like(v, dtype=torch.bool) for k, v in weights.items()}
+    per_tensor = magnitude_masks(weights, everything, 0.5, "per_tensor")
+    assert int(per_tensor["a"].sum()) == 50 and int(per_tensor["b"].sum()) == 10
+    kept_a = weights["a"].abs()[per_tensor["a"]]
+    dropped_a = weights["a"].abs()[~per_tensor["a"]]
+    assert kept_a.min() >= dropped_a.max()
+    # Global ranking: the large-magnitude tensor keeps more than its share.
+    global_ = magnitude_masks(weights, everything, 0.5, "global")
+    assert int(global_["a"].sum()) + int(global_["b"].sum()) == 60
+    assert int(global_["b"].sum()) > 10
+    # Pruned weights never come back, even when they are the largest.
+    again = magnitude_masks(weights, per_tensor, 0.25, "per_tensor")
+    assert not (again["a"] & ~per_tensor["a"]).any()
+
+
+def test_prune_reaches_target_sparsity_with_different_masks(
+    micro_corpus: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    _, cfg = micro_config(tmp_path, micro_corpus)  # en, de: 0.5; es: 0.7; 2 rounds
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    path = run_prune(ctx)
+    masks = load_masks(path)
+    stats = masks.stats()
+    assert sorted(masks.languages) == ["de", "en", "es"]
+    # per-tensor rounding: within one weight per tensor of the target
+    slack = len(masks.shapes) / stats.total_parameters
+    assert stats.density["en"] == pytest.approx(0.5, abs=slack)
+    assert stats.density["de"] == pytest.approx(0.5, abs=slack)
+    assert stats.density["es"] == pytest.approx(0.3, abs=slack)
+    assert stats.jaccard["en"]["de"] < 0.95, "languages got the same sub-network"
+    saved = json.loads((path.parent / "mask_stats.json").read_text())
+    assert saved["target_sparsity"] == {"de": 0.5, "en": 0.5, "es": 0.7}
+    # Resumable per round: a second run finds every round's mask and adds nothing.
+    assert (path.parent / "en" / "round2" / "mask.pt").exists()
+    assert not (path.parent / "en" / "round1" / "checkpoint.pt").exists()
+
+
+def test_masked_finetune_never_moves_weights_every_language_pruned(
+    micro_corpus: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    _, cfg = micro_config(tmp_path, micro_corpus)
+    cfg.finetune.lid_steps = 0
+    # AdamW's decoupled decay shrinks every weight; without it, a weight no language keeps
+    # must stay bit-identical (its gradient is exactly zero).
+    cfg.finetune.optim.weight_decay = 0.0
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    masks_path = run_prune(ctx)
+    start = new_model(cfg.model, ctx.vocab()).state_dict()
+    art = load_artifact(run_finetune(ctx))
+    masks = load_masks(masks_path)
+    assert art.masks is not None and art.masks.languages == masks.languages
+    after = art.model.state_dict()
+    name = next(iter(masks.shapes))
+    kept_by_any = torch.zeros(masks.shapes[name], dtype=torch.bool)
+    for lang in masks.languages:
+        kept_by_any |= masks.get(lang, name)
+    moved = after[name] != start[name]
+    assert not moved[~kept_by_any].any(), "a weight pruned by every language changed"
+    assert moved[kept_by_any].float().mean() > 0.9
+    assert art.history[-1]["stage"] == "finetune"
+
+
+def test_adapters_baseline_trains_only_adapters_and_ctc_head(
+    micro_corpus: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    _, cfg = micro_config(tmp_path, micro_corpus, method="adapters")
+    cfg.finetune.lid_steps = 0
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    start = new_model(cfg.model, ctx.vocab()).state_dict()
+    art = load_artifact(run_finetune(ctx))
+    after = art.model.state_dict()
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    assert changed == {"ctc_head.weight", "ctc_head.bias"}
+    adapters = LanguageAdapters.for_model(art.model, cfg.finetune.adapter_dim)
+    adapters.load_state_dict(art.heads["adapters"])
+    assert any(float(p.abs().sum()) > 0 for p in adapters.adapters["en"][0].up.parameters())
+    # Attached, the adapters change the output of their language only.
+    model = art.model.eval()
+    waveform = torch.randn(2, 16000)
+    lang_ids = torch.tensor([0, 1])
+    plain = model(waveform, None, lang_ids).logits
+    adapters.attach(model)
+    adapted = model(waveform, None, lang_ids).logits
+    adapters.detach_from(model)
+    assert not torch.allclose(plain, adapted)
+    assert "adapters" not in dict(model.named_children())
