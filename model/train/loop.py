@@ -153,6 +153,8 @@ def train_loop(
         scheduler.load_state_dict(saved["scheduler"])
         state = LoopState(**saved["state"])
         ckpt.set_rng_state(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)])
+        if state.step < total and dist.is_main and not quiet:
+            Console(stderr=True).print(f"{name}: resuming from step {state.step} ({path})")
     else:
         ckpt.seed_everything(cfg.seed + dist.rank)
         broadcast_modules(modules.values(), dist)
@@ -188,14 +190,13 @@ def train_loop(
     with progress_bar(quiet or not dist.is_main) as bar:
         task = bar.add_task(name, total=total, completed=state.step, info="")
         while state.step < total:
-            batches = plan(state.epoch)
+            # A global batch smaller than the number of ranks would leave a rank idle: every
+            # rank skips it alike (before slicing, so the saved position stays consistent).
+            batches = [b for b in plan(state.epoch) if len(b) >= dist.world_size]
             if not batches:
                 raise RuntimeError(f"{name}: the batch plan for epoch {state.epoch} is empty")
+            # Every rank takes its stride of each global batch.
             remaining = [b[dist.rank :: dist.world_size] for b in batches[state.batch_in_epoch :]]
-            if any(not b for b in remaining):
-                raise RuntimeError(
-                    f"{name}: a global batch has fewer samples than the {dist.world_size} ranks"
-                )
             loader = DataLoader(
                 dataset,
                 batch_sampler=remaining,
