@@ -27,7 +27,7 @@ _UNPACK_LUT = torch.tensor(
     [[(b >> (7 - i)) & 1 for i in range(8)] for b in range(256)], dtype=torch.bool
 )  # [256, 8]: byte value -> its bits, MSB first
 _POPCOUNT = torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.int64)
-_LUT_BY_DEVICE: dict[torch.device, Tensor] = {}
+_LUT_BY_DEVICE: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
 
 def prunable_parameter_names(model: nn.Module, scope: Sequence[str] = DEFAULT_SCOPE) -> list[str]:
@@ -50,10 +50,12 @@ def pack_bits(mask: Tensor) -> Tensor:
     return (flat.view(-1, 8) * weights).sum(dim=1).to(torch.uint8)
 
 
-def _lut(device: torch.device) -> Tensor:
-    lut = _LUT_BY_DEVICE.get(device)
+def _lut(device: torch.device, dtype: torch.dtype = torch.bool) -> Tensor:
+    """The [256, 8] byte -> bits table as ``dtype`` on ``device`` (built once per pair)."""
+    key = (device, dtype)
+    lut = _LUT_BY_DEVICE.get(key)
     if lut is None:
-        lut = _LUT_BY_DEVICE.setdefault(device, _UNPACK_LUT.to(device))
+        lut = _LUT_BY_DEVICE.setdefault(key, _UNPACK_LUT.to(device, dtype))
     return lut
 
 
@@ -187,12 +189,16 @@ class LanguageMasks:
         return unpack_bits(self.packed(language, name), numel).view(self.shapes[name])
 
     def unpack_into(self, language: str, name: str, out: Tensor) -> Tensor:
-        """Unpack one tensor's mask into a preallocated bool tensor of ``shapes[name]``."""
+        """Unpack one tensor's mask into a preallocated tensor of ``shapes[name]``.
+
+        ``out`` may be bool or floating (1.0 kept, 0.0 pruned): a float mask is one gather
+        from a float table, and multiplying by it is much cheaper than ``torch.where``.
+        """
         _, nbytes, numel = self._segments[name]
         packed = self.packed(language, name)
         if numel % 8:  # the padded tail does not fit ``out``: take the allocating path
             return out.copy_(self.get(language, name))
-        lut = _lut(packed.device)
+        lut = _lut(packed.device, out.dtype)
         torch.index_select(lut, 0, packed.to(torch.int32), out=out.view(nbytes, 8))
         return out
 

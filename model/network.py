@@ -46,13 +46,15 @@ class _Route:
     masks: LanguageMasks | None = None
     groups: list[Group] | None = None
     cache: MaskedWeightCache | None = None
-    # Inference scratch buffers, keyed by (shape, dtype, device): a materialized weight is
+    # Inference scratch buffers, keyed by (slot, shape, dtype, device): a materialized weight is
     # consumed by one matmul before the next is built, so one buffer per shape serves all
     # layers and languages and no large allocation (page faults) happens per layer.
     scratch: dict[tuple[object, ...], Tensor] = field(default_factory=dict)
 
-    def buffer(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
-        key = (tuple(shape), dtype, device)
+    def buffer(
+        self, shape: torch.Size, dtype: torch.dtype, device: torch.device, slot: str
+    ) -> Tensor:
+        key = (slot, tuple(shape), dtype, device)
         buf = self.scratch.get(key)
         if buf is None:
             buf = self.scratch[key] = torch.empty(shape, dtype=dtype, device=device)
@@ -101,14 +103,15 @@ class MaskedLinear(nn.Linear):
             hit = cache.get(key)
             if hit is not None:
                 return hit
-        bits = self._route.buffer(w.shape, torch.bool, w.device)
-        masks.unpack_into(language, self.mask_name, bits)
+        # A 0/1 mask in the weight's dtype and a product: for finite weights the same values
+        # as where() (up to the sign of zeros, which no sum can see), ~5x faster to build.
+        keep = self._route.buffer(w.shape, w.dtype, w.device, slot="mask")
+        masks.unpack_into(language, self.mask_name, keep)
         if cache is not None and key is not None and cache.would_fit(w.numel() * w.element_size()):
-            out = torch.where(bits, w, 0.0)
+            out = w * keep
             cache.put(key, out)
             return out
-        out = self._route.buffer(w.shape, w.dtype, w.device)
-        return torch.where(bits, w, w.new_zeros(()), out=out)
+        return torch.mul(w, keep, out=self._route.buffer(w.shape, w.dtype, w.device, slot="weight"))
 
     def forward(self, x: Tensor) -> Tensor:
         """x ``[B, ..., in]``, batch sorted as ``route.groups`` says -> ``[B, ..., out]``."""
