@@ -1,11 +1,12 @@
 """Service benchmark: mixed-language batching vs language-grouped vs no batching.
 
-Starts a real ``lass serve`` per policy on the same bundle, offers the same load (4 s
-clips over N languages from concurrent clients, each client sending its next request as
-soon as the last one returns) for a fixed time, and reports per policy: RTFx (audio seconds
-transcribed per wall second), p50/p95/p99 latency and errors. Before the load of the
-``none`` policy it measures the server overhead for one clip at a time: 1 - (model forward
-time from the ``Server-Timing`` header) / (end-to-end latency seen by the client).
+Starts a real ``lass serve`` per policy on the same bundle (all at once; idle ones cost no
+CPU), then offers the same load (4 s clips over N languages from concurrent closed-loop
+clients) to each in turn, ``--rounds`` times, so drifting background load on the machine
+hits every policy alike. Reports per policy: RTFx (audio seconds transcribed per wall
+second), p50/p95/p99 latency, errors and the mean batch size. First it measures the server
+overhead for one clip at a time on the ``none`` server: 1 - (model forward time from the
+``Server-Timing`` header) / (end-to-end latency seen by the client).
 
 Without ``--bundle`` it writes a random-weight bundle of ``--preset`` with ``--languages``
 languages (throughput does not depend on the weights' values). The last line printed is
@@ -154,6 +155,16 @@ class LoadResult:
             return float("nan")
         return float(np.percentile(self.latencies, q))
 
+    def merge(self, other: LoadResult) -> LoadResult:
+        return LoadResult(
+            self.policy,
+            self.wall_s + other.wall_s,
+            self.audio_s + other.audio_s,
+            self.latencies + other.latencies,
+            self.errors + other.errors,
+            self.batch_sizes + other.batch_sizes,
+        )
+
     def summary(self) -> dict[str, Any]:
         return {
             "rtfx": round(self.rtfx, 3),
@@ -255,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--policies", default="mixed,language,none")
+    parser.add_argument("--rounds", type=int, default=3, help="policies take turns this often")
     parser.add_argument("--overhead-requests", type=int, default=10)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -293,22 +305,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, LoadResult] = {}
     overhead: dict[str, float] | None = None
-    for policy in policies:
-        server = start(bundle, {**common, **POLICIES[policy]}, workdir / f"server-{policy}.log")
-        try:
-            # warm the server's code paths with one round of every clip
-            with httpx.Client(timeout=300) as client:
+    servers: dict[str, ServerProcess] = {}
+    try:
+        # All servers up at once (idle ones cost no CPU); the load then visits them in
+        # rounds, so a change in background load on the machine hits every policy alike.
+        for policy in policies:
+            env = {**common, **POLICIES[policy]}
+            servers[policy] = start(bundle, env, workdir / f"server-{policy}.log")
+            with httpx.Client(timeout=300) as client:  # warm every code path once
                 for language, clip in clips:
-                    post(client, server.url, clip, language).raise_for_status()
-            if policy == "none":
-                overhead = measure_overhead(server, clips, args.overhead_requests)
-                print(f"overhead (one request at a time): {overhead}")
-            results[policy] = offer_load(
-                server, policy, clips, args.clip_seconds, args.concurrency, args.seconds
-            )
-        finally:
+                    post(client, servers[policy].url, clip, language).raise_for_status()
+        if "none" in servers:
+            overhead = measure_overhead(servers["none"], clips, args.overhead_requests)
+            print(f"overhead (one request at a time): {overhead}")
+        for round_ in range(args.rounds):
+            for policy in policies:
+                part = offer_load(
+                    servers[policy],
+                    policy,
+                    clips,
+                    args.clip_seconds,
+                    args.concurrency,
+                    args.seconds / args.rounds,
+                )
+                print(f"round {round_ + 1} {policy:>9}: {part.summary()}")
+                results[policy] = results[policy].merge(part) if policy in results else part
+    finally:
+        for server in servers.values():
             server.stop()
-        print(f"{policy:>9}: {results[policy].summary()}")
+    for policy, result in results.items():
+        print(f"{policy:>9}: {result.summary()}")
 
     def ratio(a: str, b: str) -> float | None:
         if a in results and b in results and results[b].rtfx > 0:
@@ -326,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             "clip_seconds": args.clip_seconds,
             "concurrency": args.concurrency,
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "max_batch_size": args.max_batch_size,
             "max_wait_ms": args.max_wait_ms,
         },
