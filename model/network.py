@@ -119,6 +119,11 @@ class MaskedLinear(nn.Linear):
         if groups is None or self._route.masks is None:
             return F.linear(x, self.weight, self.bias)
         if not torch.is_grad_enabled():
+            if torch.is_autocast_enabled(x.device.type):  # out= matmuls bypass autocast
+                outs = [
+                    F.linear(x[s:e], self._inference_weight(g), self.bias) for g, s, e in groups
+                ]
+                return torch.cat(outs, dim=0)
             return self._forward_inference(x, groups)
         if len(groups) == 1:
             return F.linear(x, self.masked_weight(groups[0][0]), self.bias)

@@ -200,3 +200,16 @@ def test_weight_cache_respects_its_byte_budget() -> None:
     assert 0 < stats.used_bytes <= 3 * one_weight
     model.set_weight_cache(None)
     assert model.weight_cache is None
+
+
+def test_no_grad_masked_forward_under_bf16_autocast() -> None:
+    model = micro_model().eval()
+    model.set_masks(random_masks(model, LANGS))
+    waves = torch.randn(3, 6000)
+    ids = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        reference = model(waves, lang_ids=ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(waves, lang_ids=ids).logits
+    assert low.shape == reference.shape
+    assert (low.float() - reference).abs().max().item() < 0.1 * reference.abs().max().item()
