@@ -53,12 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     import torch
 
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
     from model.config import get_preset
     from model.masks import LanguageMasks
     from model.network import LassModel
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)

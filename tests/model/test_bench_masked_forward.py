@@ -10,7 +10,7 @@ from bench.masked_forward import main
 
 
 def test_quick_run_prints_table_and_json_last(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--quick", "--memory-languages", "1,10"]) == 0
+    assert main(["--quick", "--threads", "1", "--memory-languages", "1,10"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("masked, on the fly") for line in lines)
     result = json.loads(lines[-1])
