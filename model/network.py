@@ -45,6 +45,7 @@ class _Route:
 
     masks: LanguageMasks | None = None
     groups: list[Group] | None = None
+    lang_ids: Tensor | None = None  # [B] in the transformer's (sorted) batch order
     cache: MaskedWeightCache | None = None
     # Inference scratch buffers, keyed by (slot, shape, dtype, device): a materialized weight is
     # consumed by one matmul before the next is built, so one buffer per shape serves all
@@ -260,6 +261,16 @@ class LassModel(nn.Module):
             masks.to(self.mask_embedding.device)
         self._route.masks = masks
 
+    @property
+    def routed_lang_ids(self) -> Tensor | None:
+        """During the transformer pass: ``lang_ids [B]`` in the order the batch runs in there.
+
+        With masks set the batch is sorted by language inside the transformer (and put back
+        afterwards); hooks on transformer layers must index samples with this, not with the
+        caller's ``lang_ids``. None outside a forward or without ``lang_ids``.
+        """
+        return self._route.lang_ids
+
     def set_weight_cache(self, budget_bytes: int | None) -> MaskedWeightCache | None:
         """Cache materialized ``W ⊙ M`` for no-grad forwards within ``budget_bytes`` (None: off)."""
         self._route.cache = MaskedWeightCache(budget_bytes) if budget_bytes else None
@@ -377,11 +388,15 @@ class LassModel(nn.Module):
             # Additive like torchaudio (-1e4, not -inf): a zero-length sample gives no NaN.
             attn_mask = (pad.to(x.dtype) * -10000.0)[:, None, None, :].expand(b, 1, f, f)
         self._route.groups = groups
+        self._route.lang_ids = (
+            None if lang_ids is None else lang_ids[order] if order is not None else lang_ids
+        )
         try:
             hidden = self.encoder.transformer(x, attention_mask=attn_mask)
             logits = self.ctc_head(hidden) if with_head else None
         finally:
             self._route.groups = None
+            self._route.lang_ids = None
         if order is not None:
             inverse = torch.argsort(order)
             hidden = hidden[inverse]

@@ -213,3 +213,19 @@ def test_no_grad_masked_forward_under_bf16_autocast() -> None:
             low = model(waves, lang_ids=ids).logits
     assert low.shape == reference.shape
     assert (low.float() - reference).abs().max().item() < 0.1 * reference.abs().max().item()
+
+
+def test_routed_lang_ids_give_the_order_inside_the_transformer() -> None:
+    model = micro_model().eval()
+    model.set_masks(random_masks(model, LANGS))
+    seen: list[torch.Tensor | None] = []
+    layer = model.encoder.transformer.layers[0]
+    handle = layer.register_forward_hook(lambda *_: seen.append(model.routed_lang_ids))
+    with torch.no_grad():
+        model(torch.randn(4, 4000), lang_ids=torch.tensor([3, 0, 2, 0]))
+        model.set_masks(None)
+        model(torch.randn(4, 4000), lang_ids=torch.tensor([3, 0, 2, 0]))
+    handle.remove()
+    assert seen[0] is not None and seen[0].tolist() == [0, 0, 2, 3]
+    assert seen[1] is not None and seen[1].tolist() == [3, 0, 2, 0]  # dense: caller's order
+    assert model.routed_lang_ids is None
