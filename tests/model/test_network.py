@@ -229,3 +229,16 @@ def test_routed_lang_ids_give_the_order_inside_the_transformer() -> None:
     assert seen[0] is not None and seen[0].tolist() == [0, 0, 2, 3]
     assert seen[1] is not None and seen[1].tolist() == [3, 0, 2, 0]  # dense: caller's order
     assert model.routed_lang_ids is None
+
+
+def test_no_per_language_weight_copies_without_cache() -> None:
+    model = micro_model().eval()
+    masks = random_masks(model, LANGS)
+    model.set_masks(masks)
+    with torch.inference_mode():
+        model(torch.randn(4, 4000), lang_ids=torch.tensor([0, 1, 2, 3]))
+    shapes = {tuple(s) for s in masks.shapes.values()}
+    scratch = model._route.scratch
+    # one 0/1 mask buffer and one weight buffer per distinct shape, shared by all languages
+    assert len(scratch) == 2 * len(shapes)
+    assert model.weight_cache is None
