@@ -142,3 +142,41 @@ def test_adapters_baseline_trains_only_adapters_and_ctc_head(
     adapters.detach_from(model)
     assert not torch.allclose(plain, adapted)
     assert "adapters" not in dict(model.named_children())
+
+
+def test_pretrain_starts_from_a_local_hugging_face_checkpoint(
+    micro_corpus: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    from model.checkpoint_hf import load_hf_wav2vec2
+    from model.train.pretrain import run_pretrain
+
+    hf_config = transformers.Wav2Vec2Config(
+        vocab_size=12,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=True,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    torch.manual_seed(0)
+    transformers.Wav2Vec2ForCTC(hf_config).save_pretrained(tmp_path / "hf")
+    _, cfg = micro_config(tmp_path, micro_corpus)
+    cfg.model.init_from = str(tmp_path / "hf")
+    cfg.pretrain.steps = 0  # only load and hand over
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    art = load_artifact(run_pretrain(ctx))
+    _, hf_state, _ = load_hf_wav2vec2(tmp_path / "hf")
+    own = art.model.state_dict()
+    assert art.model.config.encoder_embed_dim == 32
+    assert art.model.vocab_size == len(ctx.vocab()) != 12  # a new CTC head for our vocabulary
+    shared = [k for k in hf_state if not k.startswith("ctc_head.")]
+    assert shared and all(torch.equal(own[k], hf_state[k]) for k in shared)
