@@ -103,3 +103,13 @@ def test_refusal_from_a_directory(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedCheckpoint, match="feat_extract_activation='relu'"):
         load_hf_wav2vec2(tmp_path)
+
+
+def test_pretraining_checkpoint_drops_quantizer_and_projections(tmp_path: Path) -> None:
+    cfg = _hf_config("layer", True, codevector_dim=16, proj_codevector_dim=16)
+    transformers.Wav2Vec2ForPreTraining(cfg).save_pretrained(tmp_path)
+    config, state, _ = load_hf_wav2vec2(tmp_path)
+    model = LassModel(config, vocab_size=12, languages=[], lid_head=False)
+    result = model.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == []
+    assert set(result.missing_keys) == {"ctc_head.weight", "ctc_head.bias"}
