@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, greedy_decode_batch
-from service.batcher import Batch, Batcher, BatchPolicy, QueueFullError, WorkItem
+from service.batcher import (
+    Batch,
+    Batcher,
+    BatchPolicy,
+    QueueFullError,
+    ShuttingDownError,
+    WorkItem,
+)
 from service.chunking import plan_chunks, stitch
 from service.settings import Settings
 from service.worker import ModelWorker
@@ -337,6 +344,8 @@ class Engine:
         return worker.languages[best], float(probs[best])
 
     def _require_ready(self) -> ModelWorker:
+        if not self.batcher.accepting:
+            raise ShuttingDownError("the server is shutting down")
         if not self.ready or self.worker is None:
             raise NotReadyError(self.error or "the model is still loading")
         return self.worker
