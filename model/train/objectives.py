@@ -126,6 +126,24 @@ def gumbel_temperature(cfg: ContrastiveConfig, step: int) -> float:
     return max(cfg.temperature_end, cfg.temperature_start * cfg.temperature_decay**step)
 
 
+def contrastive_logits(
+    context: Tensor, targets: Tensor, neg_index: Tensor, ignore: Tensor, kappa: float
+) -> Tensor:
+    """``[N, 1 + K]`` cosine similarities / kappa: column 0 the positive, then distractors.
+
+    ``context``, ``targets`` ``[N, D]``; ``neg_index [N, K]`` rows of ``targets``; ``ignore
+    [N, K]`` distractors set to -inf. Computed as one ``[N, N]`` similarity matrix and a
+    gather, not by materialising ``[N, K, D]`` distractor vectors: same values, and the
+    backward pass is a cheap scatter instead of a ``K x D`` index-add per frame.
+    """
+    c = F.normalize(context, dim=-1, eps=1e-8)
+    t = F.normalize(targets, dim=-1, eps=1e-8)
+    positive = (c * t).sum(-1, keepdim=True)  # [N, 1]
+    negatives = torch.gather(c @ t.T, 1, neg_index)  # [N, K]
+    negatives = negatives.masked_fill(ignore, -math.inf)
+    return torch.cat([positive, negatives], dim=1) / kappa
+
+
 def contrastive_step(
     model: Encoder,
     head: ContrastiveHead,
@@ -158,11 +176,9 @@ def contrastive_step(
 
     neg_index, usable = sample_negatives(time_mask, cfg.num_negatives, generator)
     neg_index, usable = neg_index.to(targets.device), usable.to(targets.device)
-    candidates = torch.cat([targets[:, None, :], targets[neg_index]], dim=1)  # [N, 1+K, D']
-    logits = F.cosine_similarity(context[:, None, :], candidates, dim=-1) / cfg.logit_temperature
-    # A distractor identical to the positive (same codes) cannot be told apart: ignore it.
-    same = (candidates[:, 1:] == targets[:, None, :]).all(-1)
-    logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, -math.inf)], dim=1)
+    # A distractor with the same codes as the positive cannot be told apart: ignore it.
+    same = (q.indices[neg_index] == q.indices[:, None, :]).all(-1)  # [N, K]
+    logits = contrastive_logits(context, targets, neg_index, same, cfg.logit_temperature)
     zero = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     per_frame = F.cross_entropy(logits, zero, reduction="none")
     n = int(usable.sum())

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from model.train.config import ContrastiveConfig
-from model.train.objectives import ctc_loss, gumbel_temperature, sample_negatives, span_mask
+from model.train.objectives import (
+    contrastive_logits,
+    ctc_loss,
+    gumbel_temperature,
+    sample_negatives,
+    span_mask,
+)
 from model.train.quantizer import GumbelProductQuantizer
 
 
@@ -85,3 +92,20 @@ def test_ctc_loss_padded_and_concatenated_targets_agree() -> None:
     assert torch.allclose(a, b)
     a.mean().backward()
     assert logits.grad is not None and logits.grad[1, 20:].abs().sum() == 0
+
+
+def test_contrastive_logits_match_the_direct_formula() -> None:
+    torch.manual_seed(0)
+    context = torch.randn(30, 16, requires_grad=True)
+    targets = torch.randn(30, 16, requires_grad=True)
+    neg = torch.randint(0, 30, (30, 7))
+    ignore = torch.rand(30, 7) < 0.2
+    fast = contrastive_logits(context, targets, neg, ignore, 0.1)
+    candidates = torch.cat([targets[:, None], targets[neg]], dim=1)  # [N, 1+K, D]
+    direct = F.cosine_similarity(context[:, None], candidates, dim=-1) / 0.1
+    direct = torch.cat([direct[:, :1], direct[:, 1:].masked_fill(ignore, float("-inf"))], 1)
+    assert torch.allclose(fast, direct, atol=1e-5)
+    g_fast = torch.autograd.grad(fast.logsumexp(-1).sum(), (context, targets))
+    g_direct = torch.autograd.grad(direct.logsumexp(-1).sum(), (context, targets))
+    for a, b in zip(g_fast, g_direct, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
