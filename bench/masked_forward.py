@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -145,7 +146,8 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"config={args.config} device={device} dtype={args.dtype} batch={args.batch}x"
         f"{args.seconds:g}s languages={args.languages} density={args.density} "
-        f"threads={torch.get_num_threads()} repeats={args.repeats}"
+        f"threads={torch.get_num_threads()} repeats={args.repeats} "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
     )
     print(
         f"mask stats: kept_by_all={stats.kept_by_all:.3f} "
