@@ -56,9 +56,9 @@ def serve(tmp_path: Path, bundle: Path, **env: str) -> Server:
     return start_server(tmp_path, full, ready_path="/health/ready")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Iterator[Server]:
-    """One server per test module, batching mixed languages with a 300 ms window so that
+    """One server for the session (starting one costs seconds), batching mixed languages with a 300 ms window so that
     concurrent requests share a batch."""
     srv = serve(
         tmp_path_factory.mktemp("server"),
