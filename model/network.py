@@ -140,11 +140,11 @@ class MaskedLinear(nn.Linear):
         x2d = x.view(-1, self.in_features)
         for lang, s, e in groups:
             w = self._inference_weight(lang)
-            xs, os_ = x2d[s * rows : e * rows], out2d[s * rows : e * rows]
-            if self.bias is not None:
-                torch.addmm(self.bias, xs, w.t(), out=os_)
-            else:
-                torch.mm(xs, w.t(), out=os_)
+            torch.mm(x2d[s * rows : e * rows], w.t(), out=out2d[s * rows : e * rows])
+        if self.bias is not None:
+            # One bias add over the whole output rather than one bias copy per group
+            # (addmm(bias, ..., out=) broadcasts the bias into its output first).
+            out2d.add_(self.bias)
         return out
 
 
