@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
@@ -10,9 +11,15 @@ import typer
 def serve(
     host: str | None = typer.Option(None, help="Bind address (default: LASS_HOST or 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default: LASS_PORT or 8000)."),
+    bundle: Path | None = typer.Option(
+        None, help="Bundle directory (default: LASS_BUNDLE or the packaged default bundle)."
+    ),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda (default: LASS_DEVICE)."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, fp16 or bf16 (default: LASS_DTYPE)."),
 ) -> None:
     """Start the transcription server."""
     import uvicorn
+    from pydantic import ValidationError
 
     from service.app import create_app
     from service.settings import Settings
@@ -22,7 +29,23 @@ def serve(
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    for name, value in (("bundle", bundle), ("device", device), ("dtype", dtype)):
+        if value is not None:
+            overrides[name] = value
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            typer.echo(f"lass serve: LASS_{field.upper()}: {error['msg']}", err=True)
+        raise typer.Exit(code=2) from exc
+    if not (settings.bundle / "manifest.json").is_file():
+        typer.echo(
+            f"lass serve: no lass bundle at {settings.bundle} (no manifest.json); set "
+            "LASS_BUNDLE (or --bundle) to a bundle directory written by `lass train export`",
+            err=True,
+        )
+        raise typer.Exit(code=1)
     # lass's own loggers (engine, batcher, worker) next to uvicorn's.
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
