@@ -41,6 +41,7 @@ COPY --from=builder /opt/venv /opt/venv
 COPY model/default_bundle/ /opt/lass/bundle/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    OMP_WAIT_POLICY=PASSIVE \
     LASS_BUNDLE=/opt/lass/bundle \
     LASS_HOST=0.0.0.0 \
     LASS_PORT=8000

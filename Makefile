@@ -7,6 +7,9 @@ SHELL := /bin/bash
 # kenlm (built from source) still declares cmake_minimum_required < 3.5, which the
 # cmake 4 that pip pulls into its build environment refuses without this.
 export CMAKE_POLICY_VERSION_MINIMUM := 3.5
+# Passive OpenMP waiting: spinning threads roughly halve torch's CPU throughput when
+# other processes share the cores (see model/__init__.py).
+export OMP_WAIT_POLICY ?= PASSIVE
 .DEFAULT_GOAL := help
 
 VENV := .venv
