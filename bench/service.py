@@ -44,6 +44,8 @@ POLICIES: dict[str, dict[str, str]] = {
     "mixed": {"LASS_BATCH_MODE": "mixed"},
     "language": {"LASS_BATCH_MODE": "language"},
     "none": {"LASS_BATCH_MODE": "mixed", "LASS_MAX_BATCH_SIZE": "1"},
+    # mixed without the language affinity (plain queue order among similar lengths)
+    "mixed-fifo": {"LASS_BATCH_MODE": "mixed", "LASS_BATCH_LANGUAGE_AFFINITY": "false"},
 }
 
 

@@ -8,7 +8,9 @@ lengths are closest to it (less padding) while it stays within ``max_batch_size`
 padded-samples budget. Policies:
 
 - ``mixed``: items of any languages share a batch (the model runs each sample through its
-  own language's sub-network);
+  own language's sub-network); among items of similar length it prefers the languages with
+  the most pending items (``language_affinity``), so the batch holds fewer, larger
+  language groups: the masked layers run one matmul per language group;
 - ``language``: a batch holds one language only;
 - ``max_batch_size=1``: no batching.
 
@@ -56,6 +58,10 @@ class BatchPolicy:
     max_batch_samples: int = 160 * 16_000  # padded samples per batch: B * longest item
     max_wait_s: float = 0.01
     max_queue_size: int = 256
+    # mixed mode: among items of similar length (same bucket), prefer the languages with
+    # the most pending items, so a batch holds fewer, larger language groups.
+    language_affinity: bool = True
+    length_bucket_samples: int = 16_000
 
     def __post_init__(self) -> None:
         if self.mode not in ("mixed", "language"):
@@ -225,9 +231,25 @@ class Batcher:
     def select(self) -> Batch:
         """Take the next batch off the queue (the queue must not be empty)."""
         anchor = self._pending[0]
+        compatible = [it for it in self._pending[1:] if self._compatible(anchor, it)]
+        bucket = max(1, self.policy.length_bucket_samples)
+        rank: dict[str, int] = {anchor.group: 0}
+        if self.policy.language_affinity:
+            # Languages with the most pending items first (after the anchor's): fewer,
+            # larger language groups inside the batch, so the masked layers run fewer,
+            # larger matmuls. Queue order (= enqueued_at) breaks ties.
+            counts: dict[str, int] = {}
+            for it in compatible:
+                counts[it.group] = counts.get(it.group, 0) + 1
+            for group in sorted(counts, key=lambda g: -counts[g]):
+                rank.setdefault(group, len(rank))
         candidates = sorted(
-            (it for it in self._pending[1:] if self._compatible(anchor, it)),
-            key=lambda it: abs(it.num_samples - anchor.num_samples),
+            compatible,
+            key=lambda it: (
+                abs(it.num_samples - anchor.num_samples) // bucket,  # similar lengths first
+                rank.get(it.group, 0),
+                it.enqueued_at,
+            ),
         )
         chosen = [anchor]
         longest = anchor.num_samples

@@ -124,6 +124,7 @@ def batch_policy(settings: Settings) -> BatchPolicy:
         max_batch_samples=max(1, int(settings.max_batch_audio_seconds * SAMPLE_RATE)),
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue_size=settings.max_queue_size,
+        language_affinity=settings.batch_language_affinity,
     )
 
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # Dynamic batching: "mixed" batches any languages, "language" only one per batch;
     # max_batch_size=1 disables batching.
     batch_mode: BatchMode = "mixed"
+    # In mixed batches prefer the languages with the most pending items (fewer, larger
+    # language groups per batch); false = plain first-come order among similar lengths.
+    batch_language_affinity: bool = True
     max_batch_size: Annotated[int, Field(ge=1)] = 16
     max_batch_audio_seconds: Annotated[float, Field(gt=0, description="padded audio per batch")] = (
         160.0

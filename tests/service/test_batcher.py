@@ -274,3 +274,33 @@ def test_policy_validation() -> None:
         BatchPolicy(mode="none")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         BatchPolicy(max_batch_size=0)
+
+
+def test_language_affinity_makes_fewer_language_groups() -> None:
+    langs = ["en", "de", "es", "it", "de", "fr", "de", "en", "de", "es", "en", "de"]
+
+    async def first_batches(affinity: bool) -> list[list[str]]:
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        policy = BatchPolicy(max_batch_size=4, max_wait_s=0, language_affinity=affinity)
+        batcher = Batcher(policy, rec)
+        batcher.start()
+        warm = batcher.submit(item("warm"))
+        await asyncio.sleep(0.02)
+        futures = [batcher.submit(item(i, lang=g)) for i, g in enumerate(langs)]
+        rec.gate.set()
+        await asyncio.gather(warm, *futures)
+        await batcher.stop()
+        return [[it.group for it in b.items] for b in rec.batches[1:]]
+
+    async def main() -> None:
+        fifo = await first_batches(False)
+        affine = await first_batches(True)
+        assert fifo[0] == ["en", "de", "es", "it"]  # queue order: four languages
+        # Anchored on the oldest (en): its language first, then the most frequent (de).
+        assert sorted(affine[0]) == ["de", "en", "en", "en"]
+        assert sum(len(set(b)) for b in affine) < sum(len(set(b)) for b in fifo)
+        # Every item still ran exactly once.
+        assert sorted(g for b in affine for g in b) == sorted(langs)
+
+    run(main)
