@@ -35,7 +35,7 @@ from model.train.finetune import allowed_columns, ctc_step
 from model.train.inputs import make_inputs
 from model.train.loop import CHECKPOINT, train_loop
 from model.train.objectives import StepResult, contrastive_step
-from model.train.pretrain import backbone_parameters, contrastive_head
+from model.train.pretrain import contrastive_head
 
 
 def round_densities(target_sparsity: float, rounds: int) -> list[float]:
@@ -103,9 +103,12 @@ def _importance_run(
         languages=[language],
     )
     modules: dict[str, torch.nn.Module] = {"model": model}
+    # Only the prunable weights' magnitudes matter here: the conv feature encoder (never in
+    # the scope, and half the cost of a step on the CPU) stays frozen.
+    frozen = ("lid_head.", "feature_extractor.")
     if cfg.objective == "ctc":
         allowed = allowed_columns(art.vocab, model.languages).to(device)
-        params = [p for n, p in model.named_parameters() if not n.startswith("lid_head.")]
+        params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
 
         def step_fn(batch: Any, step: int) -> StepResult:
             return ctc_step(model, batch, allowed)
@@ -113,13 +116,16 @@ def _importance_run(
     else:
         head = contrastive_head(art, cfg.contrastive).to(device)
         modules["head"] = head
-        params = backbone_parameters(model) + list(head.parameters())
+        unused = (*frozen, "ctc_head.")
+        params = [p for n, p in model.named_parameters() if not n.startswith(unused)]
+        params += list(head.parameters())
 
         def step_fn(batch: Any, step: int) -> StepResult:
             return contrastive_step(
                 model, head, batch.waveforms, batch.lengths, batch.lang_ids, cfg.contrastive, step
             )
 
+    model.feature_extractor.requires_grad_(False)
     train_loop(
         name=f"prune {language} {out_dir.name}",
         out_dir=out_dir,
@@ -135,6 +141,7 @@ def _importance_run(
         num_workers=ctx.cfg.data.num_workers,
         quiet=ctx.quiet,
     )
+    model.feature_extractor.requires_grad_(True)
     model.set_masks(None)
 
 
