@@ -131,7 +131,9 @@ def test_adapters_baseline_trains_only_adapters_and_ctc_head(
     assert changed == {"ctc_head.weight", "ctc_head.bias"}
     adapters = LanguageAdapters.for_model(art.model, cfg.finetune.adapter_dim)
     adapters.load_state_dict(art.heads["adapters"])
-    assert any(float(p.abs().sum()) > 0 for p in adapters.adapters["en"][0].up.parameters())
+    assert any(
+        float(p.detach().abs().sum()) > 0 for p in adapters.adapters["en"][0].up.parameters()
+    )
     # Attached, the adapters change the output of their language only.
     model = art.model.eval()
     waveform = torch.randn(2, 16000)
@@ -180,3 +182,17 @@ def test_pretrain_starts_from_a_local_hugging_face_checkpoint(
     assert art.model.vocab_size == len(ctx.vocab()) != 12  # a new CTC head for our vocabulary
     shared = [k for k in hf_state if not k.startswith("ctc_head.")]
     assert shared and all(torch.equal(own[k], hf_state[k]) for k in shared)
+
+
+def test_dense_baseline_exports_with_all_ones_masks(micro_corpus: Path, tmp_path: Path) -> None:  # noqa: F811
+    from model.bundle import read_bundle
+    from model.train.export import run_export
+
+    _, cfg = micro_config(tmp_path, micro_corpus, method="dense")
+    cfg.finetune.steps = 1
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    run_finetune(ctx)
+    bundle = read_bundle(run_export(ctx))
+    assert set(bundle.masks.stats().density.values()) == {1.0}
+    assert bundle.manifest["provenance"]["method"] == "dense"
+    assert bundle.manifest["metrics"] is None or bundle.manifest["metrics"] == {}
