@@ -58,8 +58,8 @@ def serve(tmp_path: Path, bundle: Path, **env: str) -> Server:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Iterator[Server]:
-    """One server for the session (starting one costs seconds), batching mixed languages with a 300 ms window so that
-    concurrent requests share a batch."""
+    """One server for the session (starting one costs seconds), batching mixed languages
+    with a 300 ms window so that concurrent requests share a batch."""
     srv = serve(
         tmp_path_factory.mktemp("server"),
         tiny_bundle,
