@@ -196,3 +196,26 @@ def test_dense_baseline_exports_with_all_ones_masks(micro_corpus: Path, tmp_path
     assert set(bundle.masks.stats().density.values()) == {1.0}
     assert bundle.manifest["provenance"]["method"] == "dense"
     assert bundle.manifest["metrics"] is None or bundle.manifest["metrics"] == {}
+
+
+def test_adapt_updates_only_the_sub_networks(micro_corpus: Path, tmp_path: Path) -> None:  # noqa: F811
+    from model.train.adapt import run_adapt
+
+    _, cfg = micro_config(tmp_path, micro_corpus)
+    cfg.adapt.optim.weight_decay = 0.0
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    masks = load_masks(run_prune(ctx))
+    start = new_model(cfg.model, ctx.vocab()).state_dict()
+    art = load_artifact(run_adapt(ctx))
+    assert "contrastive" in art.heads and art.masks is not None
+    after = art.model.state_dict()
+    for name in masks.shapes:
+        kept_by_any = torch.zeros(masks.shapes[name], dtype=torch.bool)
+        for lang in masks.languages:
+            kept_by_any |= masks.get(lang, name)
+        moved = after[name] != start[name]
+        assert not moved[~kept_by_any].any(), name
+        assert moved[kept_by_any].any(), name
+    assert not torch.equal(after["ctc_head.weight"], torch.zeros(1)) and torch.equal(
+        after["ctc_head.weight"], start["ctc_head.weight"]
+    ), "the contrastive objective must not touch the CTC head"
