@@ -116,7 +116,11 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         self.feature_norm = nn.LayerNorm(feature_dim)
         self.quantizer = GumbelProductQuantizer(
-            feature_dim, cfg.codebook_groups, cfg.codebook_entries, cfg.codevector_dim
+            feature_dim,
+            cfg.codebook_groups,
+            cfg.codebook_entries,
+            cfg.codevector_dim,
+            cfg.quantizer_init_std,
         )
         self.project_q = nn.Linear(cfg.codevector_dim, cfg.final_dim)
         self.final_proj = nn.Linear(hidden_dim, cfg.final_dim)

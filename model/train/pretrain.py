@@ -18,6 +18,7 @@ from model.train.config import ContrastiveConfig, LoopConfig
 from model.train.context import Context
 from model.train.inputs import make_inputs
 from model.train.loop import train_loop
+from model.train.metrics import read_metrics
 from model.train.objectives import ContrastiveHead, StepResult, contrastive_step
 
 
@@ -84,6 +85,16 @@ def train_contrastive(
         num_workers=ctx.cfg.data.num_workers,
         quiet=ctx.quiet,
     )
+    rows = read_metrics(out_dir)
+    if rows and "code_perplexity" in rows[-1]:
+        used = float(rows[-1]["code_perplexity"])
+        if used <= 1.5 * objective.codebook_groups:
+            ctx.echo(
+                f"[yellow]{name}: the quantizer collapsed (code perplexity {used:.1f} for "
+                f"{objective.codebook_groups} x {objective.codebook_entries} codes): the "
+                "contrastive task is trivial. Try a smaller contrastive.quantizer_init_std "
+                "(e.g. 0.3) or a larger diversity_weight."
+            )
     art.heads["contrastive"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     return art
 

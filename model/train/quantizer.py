@@ -26,7 +26,9 @@ class QuantizerOutput:
 class GumbelProductQuantizer(nn.Module):
     """Maps frames ``[N, in_dim]`` to quantized vectors ``[N, code_dim]``."""
 
-    def __init__(self, in_dim: int, groups: int, entries: int, code_dim: int) -> None:
+    def __init__(
+        self, in_dim: int, groups: int, entries: int, code_dim: int, init_std: float = 1.0
+    ) -> None:
         super().__init__()
         if code_dim % groups:
             raise ValueError(f"code_dim {code_dim} must be divisible by groups {groups}")
@@ -36,8 +38,9 @@ class GumbelProductQuantizer(nn.Module):
         self.to_logits = nn.Linear(in_dim, groups * entries)
         self.codebook = nn.Parameter(torch.empty(groups, entries, code_dim // groups))
         nn.init.uniform_(self.codebook)
-        # A wide logit init lets every entry win somewhere from the first step.
-        nn.init.normal_(self.to_logits.weight, mean=0.0, std=1.0)
+        # wav2vec 2.0 initialises the logit projection with std 1 (every entry wins
+        # somewhere from the first step); a smaller std keeps the softmax soft for longer.
+        nn.init.normal_(self.to_logits.weight, mean=0.0, std=init_std)
         nn.init.zeros_(self.to_logits.bias)
 
     @property
