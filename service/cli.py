@@ -39,7 +39,7 @@ def serve(
             field = ".".join(str(p) for p in error["loc"])
             typer.echo(f"lass serve: LASS_{field.upper()}: {error['msg']}", err=True)
         raise typer.Exit(code=2) from exc
-    if not (settings.bundle / "manifest.json").is_file():
+    if not (settings.bundle / "manifest.json").is_file() and "bundle" in settings.model_fields_set:
         typer.echo(
             f"lass serve: no lass bundle at {settings.bundle} (no manifest.json); set "
             "LASS_BUNDLE (or --bundle) to a bundle directory written by `lass train export`",

@@ -164,20 +164,29 @@ class Engine:
         name = manifest.get("provenance", {}).get("name")
         return str(name or f"lass-{manifest['backbone']['name']}")
 
-    def check_bundle(self) -> None:
-        """Fail fast, with the setting to change, when there is no bundle to load."""
+    def check_bundle(self) -> bool:
+        """Whether there is a bundle to load. A bundle the operator named (LASS_BUNDLE or
+        --bundle) that is missing fails fast, naming the setting; a missing packaged default
+        leaves the server live but never ready, saying why, so probes and operators see it."""
         path = self.settings.bundle
-        if not (path / "manifest.json").is_file():
-            raise RuntimeError(
-                f"no lass bundle at {path} (no manifest.json); set LASS_BUNDLE to a bundle "
-                "directory written by `lass train export`"
-            )
+        if (path / "manifest.json").is_file():
+            return True
+        message = (
+            f"no lass bundle at {path} (no manifest.json); set LASS_BUNDLE to a bundle "
+            "directory written by `lass train export`"
+        )
+        if "bundle" in self.settings.model_fields_set:
+            raise RuntimeError(message)
+        self.state, self.error = "failed", message
+        log.error("%s", message)
+        return False
 
     async def start(self) -> None:
         """Start the scheduler and load the model in the background."""
-        self.check_bundle()
+        has_bundle = self.check_bundle()
         self.batcher.start()
-        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load")
+        if has_bundle:
+            self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load")
 
     async def wait_ready(self) -> None:
         """Wait for loading to finish (raises NotReadyError when it failed)."""

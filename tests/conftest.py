@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,14 +107,6 @@ def stop_server(server: Server, timeout: float = 30) -> int:
             server.process.kill()
             server.process.wait()
     return int(server.process.returncode)
-
-
-@pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[Server]:
-    """A bare ``lass serve`` process (default settings) for the life of one test."""
-    server = start_server(tmp_path)
-    yield server
-    stop_server(server)
 
 
 __all__ = ["REPO", "SAMPLE_RATE", "SENTENCES", "Server", "Utterance", "start_server", "stop_server"]

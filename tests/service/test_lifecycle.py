@@ -130,3 +130,27 @@ def test_without_a_lid_head_language_is_required(
         assert transcribe(server, speech["en"][0], language="en").status_code == 200
     finally:
         stop_server(server)
+
+
+def test_missing_default_bundle_is_live_but_not_ready(tmp_path: Path) -> None:
+    """Only a bundle the operator named fails fast; a missing packaged default leaves the
+    server live and says, in readiness, which setting to change."""
+    import asyncio
+
+    from service.engine import Engine
+    from service.settings import Settings
+
+    settings = Settings()
+    assert "bundle" not in settings.model_fields_set
+    settings.__dict__["bundle"] = tmp_path / "no-default-bundle"  # as if none were shipped
+    engine = Engine(settings, None)
+
+    async def run() -> None:
+        await engine.start()
+        try:
+            assert engine.state == "failed" and not engine.ready
+            assert engine.error is not None and "LASS_BUNDLE" in engine.error
+        finally:
+            await engine.stop()
+
+    asyncio.run(run())
