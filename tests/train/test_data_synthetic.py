@@ -103,6 +103,21 @@ def test_tiny_corpus(tmp_path: Path) -> None:
         b, _ = sf.read(str(again.root / entry.audio), dtype="int16")
         assert a.shape == b.shape and np.abs(a.astype(int) - b).max() <= 2, entry.audio
 
+    # one split alone is the same split as in the full build (seeded per language and split)
+    only = build_synthetic_corpus(config, tmp_path / "only-test", only=("test",))
+    assert only.test == corpus.test and only.train == [] and only.dev == []
+    for entry in corpus.test:
+        a, _ = sf.read(str(root / entry.audio), dtype="int16")
+        b, _ = sf.read(str(only.root / entry.audio), dtype="int16")
+        assert np.array_equal(a, b), entry.audio
+    # the training text is still written (to check that new sentences are unseen)
+    assert (only.root / "text" / "en.txt").read_text() == (root / "text" / "en.txt").read_text()
+    # a test-only corpus does not stand in for a full one
+    with pytest.raises(FileExistsError):
+        build_synthetic_corpus(config, only.root)
+    with pytest.raises(ValueError, match="unknown split"):
+        build_synthetic_corpus(config, tmp_path / "bad", only=("tests",))
+
 
 def test_too_few_sentences(tmp_path: Path) -> None:
     config = _config(tmp_path, workers=1)

@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -300,23 +300,35 @@ def _synthesize_split(
     return entries
 
 
+ALL_SPLITS = ("train", "dev", "test")
+
+
 def build_synthetic_corpus(
     config: SyntheticCorpusConfig,
     out_dir: Path | str,
     log: Callable[[str], None] | None = None,
+    only: Sequence[str] = ALL_SPLITS,
 ) -> CorpusSplits:
     """Build the corpus into ``out_dir`` (atomically: a ``.partial`` sibling, then rename).
 
-    If ``out_dir`` already holds a corpus built from the same config, it is returned as is.
+    ``only`` names the splits to synthesize (the others get empty manifests): each split's
+    sentences and voices are seeded per (language, split), so ``only=("test",)`` gives the
+    very test clips of the full build, e.g. to re-evaluate a shipped model without
+    synthesizing hours of training speech. If ``out_dir`` already holds a corpus built from
+    the same config with at least those splits, it is returned as is.
     """
     out_dir = Path(out_dir)
     say = log or (lambda _msg: None)
+    unknown = sorted(set(only) - set(ALL_SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}: choose from {list(ALL_SPLITS)}")
     existing = out_dir / "corpus.json"
     if existing.is_file():
         summary = json.loads(existing.read_text(encoding="utf-8"))
-        if summary.get("fingerprint") == config.fingerprint():
+        built = set(summary.get("splits", ALL_SPLITS))
+        if summary.get("fingerprint") == config.fingerprint() and set(only) <= built:
             return load_corpus(out_dir)
-        raise FileExistsError(f"{out_dir} holds a corpus built from another config")
+        raise FileExistsError(f"{out_dir} holds a corpus built from another config or splits")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -336,6 +348,8 @@ def build_synthetic_corpus(
         for language, (sentences, source, parts) in plans.items():
             info: dict[str, Any] = {"voice": config.voice_for(language), "source": source}
             for split, texts in parts.items():
+                if split not in only:
+                    continue
                 target = config.target_seconds(language) if split == "train" else None
                 entries = _synthesize_split(config, language, split, texts, target, tmp, pool, say)
                 splits[split].extend(entries)
@@ -358,6 +372,7 @@ def build_synthetic_corpus(
         write_manifest(tmp / f"{split}.jsonl", entries)
     summary = {
         "fingerprint": config.fingerprint(),
+        "splits": [s for s in ALL_SPLITS if s in only],
         "config": config.to_dict(),
         "sample_rate": SAMPLE_RATE,
         "languages": languages,
