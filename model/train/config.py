@@ -80,7 +80,7 @@ class ContrastiveConfig:
     feature_penalty: float = 10.0  # L2 penalty on the conv features (wav2vec 2.0: 10)
     # Std of the quantizer's logit projection at init. wav2vec 2.0 uses 1.0; on our short
     # CPU runs that saturates the softmax and the codebooks collapse (code perplexity 2 of
-    # 640 by step 80 of the default pretrain); 0.3 kept ~200 codes in use over 50 steps.
+    # 640 by step 80 of the default pretrain); 0.3 kept ~220 codes in use over 90 steps.
     quantizer_init_std: float = 1.0
 
 
