@@ -12,8 +12,6 @@ language and path), and decoding has no randomness.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +22,7 @@ import jiwer
 import numpy as np
 import torch
 
+from model.atomic import atomic_write_text
 from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, greedy_decode_batch
 from model.network import LassModel
 from model.train.data.audio_io import AudioError, load_audio
@@ -138,16 +137,7 @@ class EvalReport:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 @dataclass(frozen=True)

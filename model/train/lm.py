@@ -33,12 +33,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from model.atomic import atomic_write_text, atomic_writer
 
 BOS = "<s>"
 EOS = "</s>"
@@ -247,28 +248,21 @@ def estimate(
 
 def write_arpa(model: NGramModel, path: Path) -> None:
     """Write ``model`` as an ARPA file (atomically: temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n\\data\\\n")
-            for n, count in enumerate(model.counts(), start=1):
-                f.write(f"ngram {n}={count}\n")
-            for n in range(1, model.order + 1):
-                f.write(f"\n\\{n}-grams:\n")
-                backoffs = model.backoffs(n)
-                for g in sorted(model.log10_prob[n - 1]):
-                    line = f"{model.log10_prob[n - 1][g]:.7f}\t{' '.join(g)}"
-                    if n < model.order and g in backoffs:
-                        line += f"\t{backoffs[g]:.7f}"
-                    elif n < model.order and g[-1] != EOS:
-                        line += "\t0"
-                    f.write(line + "\n")
-            f.write("\n\\end\\\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        f.write("\n\\data\\\n")
+        for n, count in enumerate(model.counts(), start=1):
+            f.write(f"ngram {n}={count}\n")
+        for n in range(1, model.order + 1):
+            f.write(f"\n\\{n}-grams:\n")
+            backoffs = model.backoffs(n)
+            for g in sorted(model.log10_prob[n - 1]):
+                line = f"{model.log10_prob[n - 1][g]:.7f}\t{' '.join(g)}"
+                if n < model.order and g in backoffs:
+                    line += f"\t{backoffs[g]:.7f}"
+                elif n < model.order and g[-1] != EOS:
+                    line += "\t0"
+                f.write(line + "\n")
+        f.write("\n\\end\\\n")
 
 
 def find_build_binary() -> str | None:
@@ -341,9 +335,7 @@ def unigrams_path(lm_path: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def read_arpa_counts(path: Path) -> tuple[list[int], list[int]]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from model.atomic import atomic_writer
 
 
 class ManifestError(ValueError):
@@ -105,19 +105,9 @@ def read_manifest(path: Path | str) -> list[ManifestEntry]:
 
 def write_manifest(path: Path | str, entries: Iterable[ManifestEntry]) -> None:
     """Write entries as JSONL atomically: a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for entry in entries:
-                f.write(entry.to_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        for entry in entries:
+            f.write(entry.to_json() + "\n")
 
 
 def manifest_root(path: Path | str) -> Path:
