@@ -24,6 +24,8 @@ import numpy as np
 import soundfile as sf
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import openai_error_body
+
 TARGET_RATE = 16_000
 MAX_CHANNELS = 64
 PCM_RATE_RANGE = (1_000, 384_000)
@@ -45,14 +47,7 @@ class AudioError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return openai_error_body(self.message, self.error_type, self.param, self.code)
 
 
 class EmptyAudioError(AudioError):

@@ -19,6 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("lass.service")
 
 
+def openai_error_body(
+    message: str, type: str, param: str | None, code: str | None
+) -> dict[str, Any]:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
 class ApiError(Exception):
     """An error answered as JSON in OpenAI's shape."""
 
@@ -41,14 +48,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return openai_error_body(self.message, self.type, self.param, self.code)
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
