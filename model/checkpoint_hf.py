@@ -9,6 +9,7 @@ torchaudio's wav2vec2 layout, which LassModel keeps.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,12 @@ def load_hf_wav2vec2(directory: Path) -> tuple[BackboneConfig, dict[str, Tensor]
         raise FileNotFoundError(f"{config_file}: missing")
     hf = json.loads(config_file.read_text())
     config = hf_config_to_lass(hf, name=directory.name or "hf")
+    # The HF model takes samples as given; its feature extractor (preprocessor_config.json)
+    # says whether they were normalized in pre-training (XLS-R: yes). lass does it inside.
+    pre = directory / "preprocessor_config.json"
+    if pre.is_file():
+        do_normalize = bool(json.loads(pre.read_text()).get("do_normalize", False))
+        config = replace(config, normalize_waveform=do_normalize)
     state: dict[str, Tensor] = {}
     for key, tensor in _load_weights(directory).items():
         new = _rename(key)

@@ -43,6 +43,11 @@ class BackboneConfig:
     encoder_dropout: float
     encoder_layer_norm_first: bool
     encoder_layer_drop: float
+    # Zero-mean/unit-variance each waveform over its valid samples before the conv encoder
+    # (what XLS-R expects: its feature extractor's ``do_normalize``). Inside the model, so
+    # training and serving always agree; False keeps raw samples (wav2vec 2.0 base, HF
+    # checkpoints without ``do_normalize``).
+    normalize_waveform: bool = False
 
     def __post_init__(self) -> None:
         if self.extractor_mode not in ("group_norm", "layer_norm"):
@@ -83,6 +88,7 @@ class BackboneConfig:
         """Keyword arguments for ``torchaudio.models.wav2vec2_model`` (everything but name)."""
         d = asdict(self)
         d.pop("name")
+        d.pop("normalize_waveform")  # applied by LassModel.extract_features, not torchaudio
         d["extractor_conv_layer_config"] = [tuple(x) for x in self.extractor_conv_layer_config]
         return d
 
@@ -105,10 +111,13 @@ class BackboneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
-        """Inverse of :meth:`to_dict`; unknown or missing keys raise ``ValueError``."""
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise ``ValueError``.
+
+        ``normalize_waveform`` may be missing (configs written before it existed: False).
+        """
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
-        missing = names - set(d)
+        missing = names - set(d) - {"normalize_waveform"}
         if unknown or missing:
             raise ValueError(
                 f"BackboneConfig: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
@@ -133,6 +142,7 @@ def _preset(
     ln_first: bool,
     dropout: float,
     layer_drop: float,
+    normalize: bool,
 ) -> BackboneConfig:
     return BackboneConfig(
         name=name,
@@ -151,6 +161,7 @@ def _preset(
         encoder_dropout=dropout,
         encoder_layer_norm_first=ln_first,
         encoder_layer_drop=layer_drop,
+        normalize_waveform=normalize,
     )
 
 
@@ -169,6 +180,7 @@ PRESETS: dict[str, BackboneConfig] = {
         ln_first=True,
         dropout=0.1,
         layer_drop=0.0,
+        normalize=True,
     ),
     # wav2vec 2.0 base (Baevski et al. 2020), ~95M parameters.
     "base": _preset(
@@ -183,6 +195,7 @@ PRESETS: dict[str, BackboneConfig] = {
         ln_first=False,
         dropout=0.1,
         layer_drop=0.1,
+        normalize=False,
     ),
     # XLS-R (Babu et al. 2021): layer-norm extractor, stable (pre-)layer norm.
     "xls-r-300m": _preset(
@@ -197,6 +210,7 @@ PRESETS: dict[str, BackboneConfig] = {
         ln_first=True,
         dropout=0.0,
         layer_drop=0.0,
+        normalize=True,
     ),
     "xls-r-1b": _preset(
         "xls-r-1b",
@@ -210,6 +224,7 @@ PRESETS: dict[str, BackboneConfig] = {
         ln_first=True,
         dropout=0.0,
         layer_drop=0.0,
+        normalize=True,
     ),
     "xls-r-2b": _preset(
         "xls-r-2b",
@@ -223,6 +238,7 @@ PRESETS: dict[str, BackboneConfig] = {
         ln_first=True,
         dropout=0.0,
         layer_drop=0.0,
+        normalize=True,
     ),
 }
 

@@ -299,6 +299,25 @@ class LanguageIdHead(nn.Module):
         return self.mlp(torch.cat([mean, (var + 1e-5).sqrt()], dim=-1))
 
 
+def normalize_waveforms(waveforms: Tensor, lengths: Tensor | None, eps: float = 1e-7) -> Tensor:
+    """``[B, T]`` -> zero mean, unit variance per row over its first ``lengths[b]`` samples.
+
+    Padding stays zero, so a sample normalizes the same alone or in a padded batch
+    (the statistics of HF's ``Wav2Vec2FeatureExtractor(do_normalize=True)``).
+    """
+    x = waveforms.float()
+    if lengths is None:
+        valid = torch.ones_like(x, dtype=torch.bool)
+    else:
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+    count = valid.sum(1, keepdim=True).clamp_min(1)
+    xz = x * valid
+    mean = xz.sum(1, keepdim=True) / count
+    var = ((x - mean) * valid).pow(2).sum(1, keepdim=True) / count
+    out = (x - mean) / torch.sqrt(var + eps)
+    return (out * valid).to(waveforms.dtype)
+
+
 def _init_linear(module: nn.Module) -> None:
     # BERT-style initialisation, as wav2vec 2.0 uses for its transformer.
     if isinstance(module, nn.Linear):
@@ -422,11 +441,16 @@ class LassModel(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """waveforms ``[B, T]`` -> conv features ``[B, F, C]`` (before projection), frames ``[B]``.
 
+        With ``config.normalize_waveform`` each waveform is first brought to zero mean and
+        unit variance over its valid samples (padding stays zero), so gain does not matter.
+
         With the group-norm extractor the first layer's normalisation statistics are taken
         over each sample's valid frames only, so padding does not change a sample's features.
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be [batch, time], got {tuple(waveforms.shape)}")
+        if self.config.normalize_waveform:
+            waveforms = normalize_waveforms(waveforms, lengths)
         x = waveforms.unsqueeze(1)
         frames = lengths
         padded = lengths is not None and bool((lengths < waveforms.shape[1]).any())

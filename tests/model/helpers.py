@@ -14,7 +14,10 @@ LANGS = ["en", "de", "es", "it"]
 
 
 def micro_config(
-    extractor_mode: str = "layer_norm", layer_norm_first: bool = True, dropout: float = 0.0
+    extractor_mode: str = "layer_norm",
+    layer_norm_first: bool = True,
+    dropout: float = 0.0,
+    normalize_waveform: bool = False,
 ) -> BackboneConfig:
     """A few-hundred-thousand-parameter backbone with the real 320-sample frame stride."""
     return BackboneConfig(
@@ -34,6 +37,7 @@ def micro_config(
         encoder_dropout=dropout,
         encoder_layer_norm_first=layer_norm_first,
         encoder_layer_drop=0.0,
+        normalize_waveform=normalize_waveform,
     )
 
 

@@ -68,6 +68,25 @@ def test_matches_transformers(tmp_path: Path, norm: str, stable: bool, safe: boo
     assert (ours.logits - theirs_logits).abs().max().item() <= 1e-4
 
 
+def test_feature_extractor_normalization_follows_the_preprocessor_config(tmp_path: Path) -> None:
+    hf = transformers.Wav2Vec2ForCTC(_hf_config("layer", True)).eval()
+    hf.save_pretrained(tmp_path)
+    config, state, _ = load_hf_wav2vec2(tmp_path)
+    assert config.normalize_waveform is False, "no preprocessor config: samples as given"
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    extractor.save_pretrained(tmp_path)
+    config, state, _ = load_hf_wav2vec2(tmp_path)
+    assert config.normalize_waveform is True
+    model = LassModel(config, vocab_size=12, languages=[], lid_head=False).eval()
+    model.load_state_dict(state, strict=False)
+    wave = 0.3 * torch.randn(6000) + 0.05
+    inputs = extractor(wave.numpy(), sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        ours = model(wave[None]).logits
+        theirs = hf(inputs.input_values).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
 def test_backbone_only_checkpoint_has_no_ctc_head(tmp_path: Path) -> None:
     transformers.Wav2Vec2Model(_hf_config("layer", True)).save_pretrained(tmp_path)
     _, state, tokens = load_hf_wav2vec2(tmp_path)

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from model.network import LassModel
+from model.network import LassModel, normalize_waveforms
 from tests.model.helpers import LANGS, micro_model, random_masks
 
 
@@ -25,13 +25,17 @@ def _dense_copy_with_mask(model: LassModel, language: str) -> LassModel:
 
 
 @pytest.mark.parametrize(
-    ("extractor_mode", "layer_norm_first"),
-    [("layer_norm", True), ("group_norm", False)],
+    ("extractor_mode", "layer_norm_first", "normalize"),
+    [("layer_norm", True, False), ("group_norm", False, False), ("layer_norm", True, True)],
 )
 def test_mixed_batch_equals_each_sample_alone_through_dense_masked_model(
-    extractor_mode: str, layer_norm_first: bool
+    extractor_mode: str, layer_norm_first: bool, normalize: bool
 ) -> None:
-    model = micro_model(extractor_mode=extractor_mode, layer_norm_first=layer_norm_first).eval()
+    model = micro_model(
+        extractor_mode=extractor_mode,
+        layer_norm_first=layer_norm_first,
+        normalize_waveform=normalize,
+    ).eval()
     model.set_masks(random_masks(model, LANGS))
     lengths = torch.tensor([16000, 9000, 12345, 16000, 4000, 7000])
     lang_ids = torch.tensor([2, 0, 1, 2, 3, 0])  # unsorted, 4 languages, repeats
@@ -242,3 +246,29 @@ def test_no_per_language_weight_copies_without_cache() -> None:
     # one 0/1 mask buffer and one weight buffer per distinct shape, shared by all languages
     assert len(scratch) == 2 * len(shapes)
     assert model.weight_cache is None
+
+
+def test_normalize_waveforms_uses_valid_samples_only() -> None:
+    gen = torch.Generator().manual_seed(3)
+    waves = torch.zeros(2, 1000)
+    waves[0] = 0.2 * torch.randn(1000, generator=gen) + 0.5
+    waves[1, :600] = 3.0 * torch.randn(600, generator=gen) - 1.0
+    out = normalize_waveforms(waves, torch.tensor([1000, 600]))
+    assert out[0].mean().abs() < 1e-5 and (out[0].std(unbiased=False) - 1).abs() < 1e-4
+    assert out[1, :600].mean().abs() < 1e-5
+    assert (out[1, :600].std(unbiased=False) - 1).abs() < 1e-4
+    assert torch.equal(out[1, 600:], torch.zeros(400)), "padding stays zero"
+    assert torch.equal(normalize_waveforms(torch.zeros(1, 50), None), torch.zeros(1, 50))
+
+
+def test_normalizing_model_ignores_gain_and_offset() -> None:
+    norm = micro_model(normalize_waveform=True).eval()
+    raw = micro_model(normalize_waveform=False).eval()
+    gen = torch.Generator().manual_seed(4)
+    wave = torch.randn(1, 8000, generator=gen)
+    with torch.no_grad():
+        a = norm(wave).logits
+        b = norm(0.05 * wave + 0.01).logits  # -26 dB with a DC offset
+        assert (a - b).abs().max().item() <= 1e-4
+        # The flag is what does it: the raw model sees a different input.
+        assert (raw(wave).logits - raw(0.05 * wave + 0.01).logits).abs().max().item() > 1e-3

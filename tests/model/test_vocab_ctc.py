@@ -67,6 +67,14 @@ def test_presets() -> None:
     assert get_preset("xls-r-1b").encoder_embed_dim == 1280
     assert get_preset("xls-r-2b").encoder_ff_interm_features == 7680
     assert get_preset("base").extractor_mode == "group_norm"
+    # wav2vec 2.0 base took raw samples; XLS-R and our tiny model take normalized ones.
+    assert not get_preset("base").normalize_waveform
+    assert get_preset("tiny").normalize_waveform and get_preset("xls-r-300m").normalize_waveform
+    old = get_preset("tiny").to_dict()
+    del old["normalize_waveform"]  # a config written before the field existed
+    assert BackboneConfig.from_dict(old).normalize_waveform is False
+    with pytest.raises(ValueError, match="missing keys"):
+        BackboneConfig.from_dict({k: v for k, v in old.items() if k != "encoder_num_layers"})
     with pytest.raises(ValueError, match="unknown"):
         get_preset("huge")
 
