@@ -58,6 +58,7 @@ class LoopConfig:
     seed: int = 0
     batch_seconds: float = 80.0  # audio seconds per global batch
     max_batch_size: int = 16
+    sort_first_epoch: bool = False  # SortaGrad: epoch 0 shortest batches first
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 

@@ -53,5 +53,6 @@ def make_inputs(
         max_count=loop.max_batch_size,
         mode=mode,
         seed=loop.seed,
+        sort_first_epoch=loop.sort_first_epoch,
     )
     return TrainInputs(dataset, collate, sampler.plan)

@@ -171,3 +171,16 @@ def test_loader_end_to_end(speech: dict[str, list[Utterance]], tmp_path: Path) -
         seen.update(batch.indices)
         assert batch.waveforms.shape[1] == int(batch.lengths.max())
     assert seen == Counter(range(len(ds)))
+
+
+def test_sampler_sort_first_epoch_plays_shortest_batches_first() -> None:
+    gen = np.random.default_rng(5)
+    durations = gen.uniform(0.5, 8.0, 200)
+    sampler = BucketBatchSampler(durations, max_seconds=20.0, max_count=8, sort_first_epoch=True)
+    first = [max(durations[i] for i in b) for b in sampler.plan(0)]
+    assert first == sorted(first), "epoch 0: shortest batches first"
+    second = [max(durations[i] for i in b) for b in sampler.plan(1)]
+    assert second != sorted(second), "later epochs are shuffled"
+    plain = BucketBatchSampler(durations, max_seconds=20.0, max_count=8)
+    covered = sorted(i for b in sampler.plan(0) for i in b)
+    assert covered == sorted(i for b in plain.plan(0) for i in b) == list(range(200))

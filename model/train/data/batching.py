@@ -89,8 +89,10 @@ class BucketBatchSampler(Sampler[list[int]]):
     (count x longest) stays within ``max_seconds`` and whose count stays within
     ``max_count``; the batch order is then shuffled. ``mode="per_language"`` batches each
     language separately (every batch is one language); ``"mixed"`` lets languages share
-    a batch. Iterating yields this rank's share ``batch[rank::world_size]`` of each global
-    batch; :meth:`plan` gives the global batches.
+    a batch. ``sort_first_epoch`` (SortaGrad, Amodei et al. 2016) plays epoch 0's
+    batches shortest first instead of shuffled: short utterances are the easy way out of
+    the CTC blank plateau. Iterating yields this rank's share ``batch[rank::world_size]``
+    of each global batch; :meth:`plan` gives the global batches.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         seed: int = 0,
         jitter: float = 0.1,
+        sort_first_epoch: bool = False,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -126,6 +129,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.jitter = jitter
+        self.sort_first_epoch = sort_first_epoch
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
@@ -176,7 +180,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         for group in groups:
             order = group[np.lexsort((tie[group], keys[group]))]  # by length, ties random
             batches.extend(self._cut(order, self.durations))
-        if self.shuffle:
+        if self.sort_first_epoch and epoch == 0:
+            batches.sort(key=lambda b: (max(self.durations[i] for i in b), b[0]))
+        elif self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         # Longest first inside a batch: the rank shards [r::W] then get similar lengths.
         batches = [sorted(b, key=lambda i: (-self.durations[i], i)) for b in batches]
