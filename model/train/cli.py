@@ -49,10 +49,13 @@ def _run(ctx: Context, stage: str, fn: object, *args: object) -> None:
     try:
         result = fn(ctx, *args)  # type: ignore[operator]
     except StageError as exc:
+        shutdown(ctx.dist, wait=False)
         typer.echo(f"lass train {stage}: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    finally:
-        shutdown(ctx.dist)
+    except BaseException:
+        shutdown(ctx.dist, wait=False)
+        raise
+    shutdown(ctx.dist)
     if ctx.dist.is_main and not ctx.quiet and result is not None:
         typer.echo(str(result))
 
