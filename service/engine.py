@@ -4,7 +4,8 @@
   or windows of long ones) of any languages into batches on the event loop.
 - The **worker** (:class:`service.worker.ModelWorker`) runs each batch in the single model
   thread; the event loop never runs model code.
-- The **engine** cuts long audio into windows, submits them, stitches the windows' logits
+- The **engine** cuts long audio into pieces (at silences found by silero-vad, in the VAD
+  thread, or into overlapping windows), submits them, stitches the pieces' logits
   and decodes them in a small decode thread pool, so CTC/beam decoding of one request
   overlaps the next batch's forward pass.
 
@@ -34,8 +35,9 @@ from service.batcher import (
     ShuttingDownError,
     WorkItem,
 )
-from service.chunking import plan_chunks, stitch
+from service.chunking import Chunk, plan_chunks, stitch
 from service.settings import Settings
+from service.vad import SileroVad, load_splitter, plan_pieces
 from service.worker import ModelWorker
 
 log = logging.getLogger("lass.engine")
@@ -143,6 +145,9 @@ class Engine:
         self._decode_pool = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="lass-decode"
         )
+        # silero-vad keeps state: one thread runs it, off the event loop.
+        self._vad_thread = ThreadPoolExecutor(1, thread_name_prefix="lass-vad")
+        self.splitter: SileroVad | None = None
         self.batcher = Batcher(batch_policy(settings), self._run_batch, on_batch=self._on_batch)
         self._load_task: asyncio.Task[None] | None = None
 
@@ -184,6 +189,9 @@ class Engine:
     async def start(self) -> None:
         """Start the scheduler and load the model in the background."""
         has_bundle = self.check_bundle()
+        # Here, before the model and VAD threads exist (~50 ms): silero's import sets torch's
+        # thread count, which threads started later inherit; load_splitter puts it back.
+        self.splitter = load_splitter(self.settings.long_audio_split)
         self.batcher.start()
         if has_bundle:
             self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load")
@@ -238,6 +246,7 @@ class Engine:
             self._load_task.cancel()
         self._model_thread.shutdown(wait=True, cancel_futures=True)
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        self._vad_thread.shutdown(wait=True, cancel_futures=True)
         if self._beams is not None:
             self._beams.close()
         self.state = "stopped"
@@ -382,12 +391,7 @@ class Engine:
             language, probability = await self.identify(samples, request_id)
         elif language not in worker.languages:
             raise ValueError(f"unknown language {language!r}")
-        settings = self.settings
-        chunks = plan_chunks(
-            len(samples),
-            int(settings.chunk_seconds * SAMPLE_RATE),
-            int(settings.chunk_overlap_seconds * SAMPLE_RATE),
-        )
+        chunks = await self._plan(samples)
         deadline = self._deadline()
         items = [
             WorkItem(
@@ -413,6 +417,36 @@ class Engine:
             probability,
             results,
             decode_s,
+        )
+
+    async def _plan(self, samples: np.ndarray) -> list[Chunk]:
+        """Pieces of ``samples`` of at most ``chunk_seconds`` (one piece when it fits)."""
+        window = int(self.settings.chunk_seconds * SAMPLE_RATE)
+        if len(samples) <= window or self.splitter is None:
+            return self.plan_windows(len(samples))
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        chunks = await loop.run_in_executor(self._vad_thread, self.plan_at_silences, samples)
+        if self.metrics is not None:
+            self.metrics.observe_stage("vad", time.perf_counter() - start)
+        return chunks
+
+    def plan_windows(self, num_samples: int) -> list[Chunk]:
+        """Overlapping windows of ``chunk_seconds`` (overlap ``chunk_overlap_seconds``)."""
+        return plan_chunks(
+            num_samples,
+            int(self.settings.chunk_seconds * SAMPLE_RATE),
+            int(self.settings.chunk_overlap_seconds * SAMPLE_RATE),
+        )
+
+    def plan_at_silences(self, samples: np.ndarray) -> list[Chunk]:
+        """Pieces cut at silences (runs silero-vad: call it in the VAD thread)."""
+        assert self.splitter is not None
+        return plan_pieces(
+            len(samples),
+            self.splitter.silences(samples),
+            int(self.settings.chunk_seconds * SAMPLE_RATE),
+            int(self.settings.chunk_overlap_seconds * SAMPLE_RATE),
         )
 
     def _decode(self, logits: np.ndarray, language: str, options: DecodeOptions) -> Transcript:

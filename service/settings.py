@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     request_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     retry_after_s: Annotated[int, Field(ge=0)] = 1
 
-    # Long audio is cut into overlapping windows.
+    # Long audio (over chunk_seconds) is cut into pieces of at most chunk_seconds: at the
+    # middle of silences found by silero-vad ("vad"), or into windows that overlap by
+    # chunk_overlap_seconds ("windows"; also vad's fallback for a speech run with no silence,
+    # and for all long audio when silero-vad cannot be loaded).
+    long_audio_split: Literal["vad", "windows"] = "vad"
     chunk_seconds: Annotated[float, Field(gt=1)] = 30.0
     chunk_overlap_seconds: Annotated[float, Field(ge=0)] = 2.0
 
