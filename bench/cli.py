@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "service": "bench.service",
     "decoding": "bench.decoding",
     "audio-io": "bench.audio_io",
+    "vad": "bench.vad",
 }
 
 app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
@@ -26,7 +27,7 @@ app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 
 @app.callback()
 def bench(ctx: typer.Context) -> None:
-    """Run a benchmark: masked-forward, train-step, service, decoding, audio-io."""
+    """Run a benchmark: masked-forward, train-step, service, decoding, audio-io, vad."""
     if ctx.invoked_subcommand is None:
         typer.echo(f"lass bench: name one of {', '.join(BENCHMARKS)}.", err=True)
         raise typer.Exit(code=2)
