@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.atomic import atomic_write_text as atomic_write_text
 from model.atomic import atomic_writer
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from model.atomic import atomic_write_text
 from model.masks import LanguageMasks
-from model.train import checkpoint as ckpt
 from model.train.artifacts import Artifact, load_artifact, load_masks, new_model
 from model.train.config import PipelineConfig
 from model.train.data.manifest import ManifestEntry, manifest_root, read_manifest
@@ -124,7 +124,7 @@ class Context:
             texts.setdefault(entry.language, []).append(entry.text)
         vocab = Vocabulary.build(texts)
         if self.dist.is_main:
-            ckpt.atomic_write_text(path, json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1))
+            atomic_write_text(path, json.dumps(vocab.to_dict(), ensure_ascii=False, indent=1))
         self._vocab = vocab
         return vocab
 

@@ -98,7 +98,7 @@ class EvalReport:
 
     def write_json(self, path: Path | str) -> Path:
         """Write ``to_dict()`` atomically."""
-        return _write_atomic(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     def to_markdown(self) -> str:
         """A table: one row per language and an average row; error rates in percent."""
@@ -133,11 +133,7 @@ class EvalReport:
 
     def write_markdown(self, path: Path | str) -> Path:
         """Write ``to_markdown()`` atomically."""
-        return _write_atomic(Path(path), self.to_markdown())
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    return atomic_write_text(path, text)
+        return atomic_write_text(path, self.to_markdown())
 
 
 @dataclass(frozen=True)

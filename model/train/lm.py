@@ -324,7 +324,7 @@ def build_lm(
     binary_path = to_binary(arpa, out.with_suffix(".bin"), tool)
     # A binary LM cannot list its words; pyctcdecode needs them to score partial words.
     words = sorted(g[0] for g in model.log10_prob[0] if g[0] not in (BOS, EOS, UNK))
-    _write_text(unigrams_path(binary_path), "\n".join(words) + "\n")
+    atomic_write_text(unigrams_path(binary_path), "\n".join(words) + "\n")
     arpa.unlink()
     return binary_path
 
@@ -332,10 +332,6 @@ def build_lm(
 def unigrams_path(lm_path: Path) -> Path:
     """Side file with the words of a binary LM (``<name>.bin.unigrams.txt``)."""
     return lm_path.with_name(lm_path.name + ".unigrams.txt")
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
 
 
 def read_arpa_counts(path: Path) -> tuple[list[int], list[int]]:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from model.train import checkpoint as ckpt
+from model.atomic import atomic_write_text
 from model.train.config import PipelineConfig
 from model.train.context import Context
 
@@ -63,7 +63,7 @@ def run_pipeline(ctx: Context) -> list[str]:
     """Run the planned stages; returns their names. The config is saved in the work folder."""
     stages = planned_stages(ctx.cfg)
     if ctx.dist.is_main:
-        ckpt.atomic_write_text(
+        atomic_write_text(
             ctx.work_dir / "config.json", json.dumps(ctx.cfg.to_dict(), indent=1, default=str)
         )
     runners = stage_runners()

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model.atomic import atomic_write_text
 from model.masks import LanguageMasks
 from model.network import LassModel
 from model.train import checkpoint as ckpt
@@ -188,7 +189,7 @@ def run_prune(ctx: Context) -> Path:
     if ctx.dist.is_main:
         stats: dict[str, Any] = masks.stats().to_dict()
         stats["target_sparsity"] = {lang: ctx.cfg.prune.target(lang) for lang in masks.languages}
-        ckpt.atomic_write_text(out.with_name("mask_stats.json"), json.dumps(stats, indent=1))
+        atomic_write_text(out.with_name("mask_stats.json"), json.dumps(stats, indent=1))
         save_masks(out, masks)
     return out
 

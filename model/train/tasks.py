@@ -6,11 +6,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from model.train import checkpoint as ckpt
 from model.train.context import Context, StageError
 
 
@@ -110,7 +108,7 @@ def run_evaluate(ctx: Context, model_path: Path | None = None) -> Path:
     folder = ctx.stage_dir("evaluate")
     out = folder / "report.json"
     if ctx.dist.is_main:
-        ckpt.atomic_write_text(out, json.dumps(report.to_dict(), indent=1))
-        ckpt.atomic_write_text(folder / "report.md", report.to_markdown())
+        report.write_json(out)
+        report.write_markdown(folder / "report.md")
         ctx.echo(report.to_markdown())
     return out
