@@ -6,7 +6,7 @@ to 320 samples (20 ms).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 SAMPLE_RATE = 16_000
@@ -111,13 +111,14 @@ class BackboneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
-        """Inverse of :meth:`to_dict`; unknown or missing keys raise ``ValueError``.
-
-        ``normalize_waveform`` may be missing (configs written before it existed: False).
+        """Inverse of :meth:`to_dict`; unknown keys, or missing keys without a default,
+        raise ``ValueError`` (a field added later with a default, e.g. ``normalize_waveform``,
+        keeps older configs readable).
         """
         names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING}
         unknown = set(d) - names
-        missing = names - set(d) - {"normalize_waveform"}
+        missing = required - set(d)
         if unknown or missing:
             raise ValueError(
                 f"BackboneConfig: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"

@@ -46,16 +46,16 @@ def _run(ctx: Context, stage: str, fn: object, *args: object) -> None:
     from model.train.context import StageError
     from model.train.distributed import shutdown
 
+    finished = False
     try:
         result = fn(ctx, *args)  # type: ignore[operator]
+        finished = True
     except StageError as exc:
-        shutdown(ctx.dist, wait=False)
         typer.echo(f"lass train {stage}: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    except BaseException:
-        shutdown(ctx.dist, wait=False)
-        raise
-    shutdown(ctx.dist)
+    finally:
+        # After an error the other ranks may never reach shutdown's barrier.
+        shutdown(ctx.dist, wait=finished)
     if ctx.dist.is_main and not ctx.quiet and result is not None:
         typer.echo(str(result))
 
