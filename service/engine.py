@@ -148,6 +148,9 @@ class Engine:
         # silero-vad keeps state: one thread runs it, off the event loop.
         self._vad_thread = ThreadPoolExecutor(1, thread_name_prefix="lass-vad")
         self.splitter: SileroVad | None = None
+        # Long-audio pieces, in samples.
+        self._window = int(settings.chunk_seconds * SAMPLE_RATE)
+        self._overlap = int(settings.chunk_overlap_seconds * SAMPLE_RATE)
         self.batcher = Batcher(batch_policy(settings), self._run_batch, on_batch=self._on_batch)
         self._load_task: asyncio.Task[None] | None = None
 
@@ -355,7 +358,7 @@ class Engine:
         worker = self._require_ready()
         if not worker.has_lid:
             raise RuntimeError("the model has no language identification head")
-        head = samples[: int(self.settings.chunk_seconds * SAMPLE_RATE)]
+        head = samples[: self._window]
         item = WorkItem(head, len(head), "", "lid", self._deadline(), request_id)
         (result,) = await self._submit([item])
         probs = result.output
@@ -421,8 +424,7 @@ class Engine:
 
     async def _plan(self, samples: np.ndarray) -> list[Chunk]:
         """Pieces of ``samples`` of at most ``chunk_seconds`` (one piece when it fits)."""
-        window = int(self.settings.chunk_seconds * SAMPLE_RATE)
-        if len(samples) <= window or self.splitter is None:
+        if len(samples) <= self._window or self.splitter is None:
             return self.plan_windows(len(samples))
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
@@ -433,21 +435,13 @@ class Engine:
 
     def plan_windows(self, num_samples: int) -> list[Chunk]:
         """Overlapping windows of ``chunk_seconds`` (overlap ``chunk_overlap_seconds``)."""
-        return plan_chunks(
-            num_samples,
-            int(self.settings.chunk_seconds * SAMPLE_RATE),
-            int(self.settings.chunk_overlap_seconds * SAMPLE_RATE),
-        )
+        return plan_chunks(num_samples, self._window, self._overlap)
 
     def plan_at_silences(self, samples: np.ndarray) -> list[Chunk]:
         """Pieces cut at silences (runs silero-vad: call it in the VAD thread)."""
         assert self.splitter is not None
-        return plan_pieces(
-            len(samples),
-            self.splitter.silences(samples),
-            int(self.settings.chunk_seconds * SAMPLE_RATE),
-            int(self.settings.chunk_overlap_seconds * SAMPLE_RATE),
-        )
+        silences = self.splitter.silences(samples)
+        return plan_pieces(len(samples), silences, self._window, self._overlap)
 
     def _decode(self, logits: np.ndarray, language: str, options: DecodeOptions) -> Transcript:
         """CTC-decode one utterance's stitched ``logits [F, V]`` (runs in the decode pool)."""
