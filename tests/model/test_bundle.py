@@ -90,6 +90,25 @@ def test_rewrite_replaces_and_bf16_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["bundle"]
 
 
+def test_failed_write_keeps_the_old_bundle_and_leaves_no_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path)
+    before = (path / "manifest.json").read_bytes()
+
+    def fail_on_masks(tensors: object, filename: str, **kw: object) -> None:
+        if filename.endswith("masks.safetensors"):
+            raise OSError("disk full")
+        save_file(tensors, filename, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("model.bundle.save_file", fail_on_masks)
+    with pytest.raises(OSError, match="disk full"):
+        _write(tmp_path)
+    assert (path / "manifest.json").read_bytes() == before
+    assert read_bundle(path).model.languages == LANGS
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["bundle"]
+
+
 def test_refuses_missing_file(tmp_path: Path) -> None:
     path = _write(tmp_path)
     (path / "masks.safetensors").unlink()

@@ -127,3 +127,16 @@ def test_set_masks_refuses_mismatched_shapes() -> None:
     model = micro_model()
     with pytest.raises(ValueError, match="shapes"):
         model.set_masks(LanguageMasks({"x.weight": (2, 2)}))
+
+
+def test_packed_masks_live_on_the_model_device() -> None:
+    # "meta" stands in for an accelerator: no GPU is needed to see the buffers follow.
+    model = micro_model()
+    masks = random_masks(model, ["en", "de"])
+    model.set_masks(masks)
+    model.to("meta")
+    assert model.masks is masks and masks.device.type == "meta"
+    assert all(buf.device.type == "meta" for buf in masks.state_dict().values())
+    cpu_masks = random_masks(micro_model(), ["es"])
+    model.set_masks(cpu_masks)  # masks built elsewhere are moved to the model's device
+    assert cpu_masks.packed("es").device.type == "meta"
