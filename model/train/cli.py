@@ -1,6 +1,6 @@
 """``lass train <stage> CONFIG``: each stage alone, or ``pipeline`` for all of them.
 
-Every command takes the pipeline TOML config, ``--work-dir`` (default: the config's
+Every command takes the pipeline config (TOML or YAML), ``--work-dir`` (default: the config's
 ``work_dir``) and ``--set KEY=VALUE`` overrides (dotted keys, TOML values), e.g.
 ``lass train finetune configs/default.toml --set finetune.steps=200``. Under
 ``torchrun`` the training stages run data-parallel. Heavy imports happen inside the
@@ -15,11 +15,15 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from model.train.context import Context
+    from model.train.data.manifest import ManifestEntry
+    from model.train.data.validate import DataReport
 
 app = typer.Typer(no_args_is_help=True, help="Offline trainer: corpus to bundle, stage by stage.")
 
-CONFIG = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline config (TOML).")
+CONFIG = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline config (TOML or YAML).")
 WORK_DIR = typer.Option(None, "--work-dir", help="Work folder (default: the config's work_dir).")
 SET = typer.Option([], "--set", help="Override a config key: --set finetune.steps=10 (repeatable).")
 QUIET = typer.Option(False, "--quiet", help="No progress bar or messages.")
@@ -181,3 +185,77 @@ def export(
     from model.train.export import run_export
 
     _run(_context(config, work_dir, set_, quiet), "export", run_export, out)
+
+
+IMPORT_OUT = typer.Argument(..., file_okay=False, help="Folder for train/dev/test.jsonl.")
+DEV = typer.Option(0.05, "--dev-fraction", help="Share of sentences for dev.")
+TEST = typer.Option(0.05, "--test-fraction", help="Share of sentences for test.")
+SEED = typer.Option(0, "--seed", help="Seed of the sentence split.")
+
+
+def _write_import(
+    out: Path, splits: Mapping[str, Sequence[ManifestEntry]], report: DataReport
+) -> None:
+    from model.train.data.importers import write_import
+
+    paths = write_import(out, splits, report)
+    typer.echo(report.summary(), err=True)
+    for split, path in paths.items():
+        typer.echo(f"{split}: {len(splits[split])} utterances -> {path}", err=True)
+
+
+@app.command("import-cv")
+def import_cv(
+    root: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Common Voice release: <lang>/validated.tsv."
+    ),
+    out: Path = IMPORT_OUT,
+    language: list[str] = typer.Option([], "--language", help="Only these (repeatable)."),
+    dev_fraction: float = DEV,
+    test_fraction: float = TEST,
+    seed: int = SEED,
+) -> None:
+    """Manifests from a Common Voice release (its train/dev/test.tsv, else split by sentence)."""
+    from model.train.data.importers import import_common_voice
+    from model.train.data.manifest import ManifestError
+    from model.train.data.validate import DataReport
+
+    report = DataReport()
+    try:
+        splits = import_common_voice(
+            root, language or None, True, dev_fraction, test_fraction, seed, report
+        )
+    except (FileNotFoundError, ManifestError) as exc:
+        typer.echo(f"lass train import-cv: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    _write_import(out, splits, report)
+
+
+@app.command("import-folder")
+def import_folder(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Audio files."),
+    language: str = typer.Argument(..., help="Language code of every file."),
+    out: Path = IMPORT_OUT,
+    transcripts: str = typer.Option(
+        "transcripts.tsv", "--transcripts", help="In the folder: 'file<TAB>text' per line."
+    ),
+    speaker: str | None = typer.Option(None, "--speaker", help="Speaker of every file."),
+    dev_fraction: float = DEV,
+    test_fraction: float = TEST,
+    seed: int = SEED,
+) -> None:
+    """Manifests from a folder of audio and its transcript file, split by sentence."""
+    from model.train.data import importers
+    from model.train.data.manifest import ManifestError
+    from model.train.data.validate import DataReport
+
+    report = DataReport()
+    try:
+        entries = importers.import_folder(
+            folder, language, transcripts, speaker=speaker, report=report
+        )
+    except (FileNotFoundError, ManifestError) as exc:
+        typer.echo(f"lass train import-folder: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    splits = importers.split_by_sentence(entries, seed, dev_fraction, test_fraction)
+    _write_import(out, splits, report)

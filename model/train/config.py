@@ -1,6 +1,7 @@
 """Trainer configuration: one dataclass per stage, one ``PipelineConfig`` for them all.
 
-A pipeline config is a TOML file (``configs/*.toml``); every table maps onto one of
+A pipeline config is a TOML file (``configs/*.toml``) or the same tables in YAML
+(``.yaml``/``.yml``, read with PyYAML); every table maps onto one of
 the dataclasses below and unknown keys are an error that names the key, so a typo
 never silently falls back to a default. ``PipelineConfig.to_dict()`` is what the
 bundle records as provenance.
@@ -95,12 +96,13 @@ class PruneConfig(LoopConfig):
     """Per-language magnitude pruning; ``steps`` is the short language run per round."""
 
     method: Literal["one_shot", "iterative"] = "iterative"
-    rounds: int = 3  # iterative: prune-and-rewind rounds (one_shot: always 1)
+    # iterative: prune-and-rewind rounds (one_shot: always 1). Every round rewinds to the
+    # start weights (lottery ticket); there is no switch to turn rewinding off.
+    rounds: int = 3
     sparsity: float = 0.5  # target fraction of prunable weights removed, per language
     sparsity_per_language: dict[str, float] = field(default_factory=dict)
     granularity: Literal["per_tensor", "global"] = "per_tensor"
     objective: Literal["contrastive", "ctc"] = "ctc"
-    rewind: bool = True  # rewind to the start weights after each round (lottery ticket)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
     def target(self, language: str) -> float:
@@ -268,12 +270,33 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     return cls(**kwargs)
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a pipeline TOML config; ``overrides`` are dotted keys, e.g. {"finetune.steps": 5}."""
+def _read_tables(path: Path) -> dict[str, Any]:
+    """The config file's top-level table: TOML, or YAML for a ``.yaml``/``.yml`` name."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        text = Path(path).read_text(encoding="utf-8")
+        if Path(path).suffix.lower() not in (".yaml", ".yml"):
+            return tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        import yaml
+    except ImportError as exc:
+        raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {data!r}")
+    return data
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline config (TOML or YAML); ``overrides`` are dotted keys, e.g.
+    {"finetune.steps": 5}."""
+    data = _read_tables(path)
     for dotted, value in (overrides or {}).items():
         table = data
         *parents, leaf = dotted.split(".")

@@ -1,4 +1,4 @@
-"""Pipeline config: TOML onto dataclasses, unknown keys named, overrides."""
+"""Pipeline config: TOML (or YAML) onto dataclasses, unknown keys named, overrides."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ sparsity_per_language = { en = 0.3 }
         ('method = "magic"\n', "method"),
         ('[finetune]\nsteps = "many"\n', "finetune.steps"),
         ('stages = ["finetune", "dance"]\n', "dance"),
+        # rewinding is always on: no key pretends to turn it off
+        ("[prune]\nrewind = false\n", "prune.rewind"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -52,6 +54,32 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> Non
     path.write_text(text)
     with pytest.raises(ConfigError, match=needle):
         load_config(path)
+
+
+def test_yaml_config_loads_like_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        'name = "t"\nmethod = "dense"\n[finetune]\nsteps = 7\n[finetune.optim]\n'
+        "lr = 1e-3\nbetas = [0.9, 0.99]\n[prune]\nsparsity_per_language = { en = 0.3 }\n"
+    )
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(
+        "name: t\nmethod: dense\nfinetune:\n  steps: 7\n  optim:\n    lr: 1.0e-3\n"
+        "    betas: [0.9, 0.99]\nprune:\n  sparsity_per_language: {en: 0.3}\n"
+    )
+    a, b = load_config(toml, {"finetune.steps": 9}), load_config(yaml, {"finetune.steps": 9})
+    assert b.source.endswith("c.yaml")
+    assert {**a.to_dict(), "source": ""} == {**b.to_dict(), "source": ""}
+    assert b.finetune.steps == 9 and b.finetune.optim.betas == (0.9, 0.99)
+    (tmp_path / "typo.yml").write_text("finetune:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match="finetune.stepz"):
+        load_config(tmp_path / "typo.yml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("finetune: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(tmp_path / "broken.yaml")
 
 
 def test_parse_override() -> None:

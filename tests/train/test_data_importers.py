@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,42 @@ def test_folder_importer(tmp_path: Path, speech: dict[str, list[Utterance]]) -> 
 def test_normalize_transcript() -> None:
     assert normalize_transcript("  L’Homme, qu'il «aime»!  ") == "l'homme qu'il aime"
     assert normalize_transcript("'Quoted' text") == "quoted text"
+
+
+def test_import_commands_write_manifests(
+    tmp_path: Path, speech: dict[str, list[Utterance]]
+) -> None:
+    from typer.testing import CliRunner
+
+    from model.train.cli import app
+    from model.train.data.manifest import read_manifest
+
+    runner = CliRunner()
+    _fake_cv(tmp_path / "cv", speech, ["de", "es"])
+    out = tmp_path / "cv-out"
+    result = runner.invoke(
+        app,
+        ["import-cv", str(tmp_path / "cv"), str(out), "--language", "de", "--test-fraction", "0.5"],
+    )
+    assert result.exit_code == 0, result.output
+    splits = {s: read_manifest(out / f"{s}.jsonl") for s in ("train", "dev", "test")}
+    assert sum(map(len, splits.values())) == 2
+    assert {e.language for v in splits.values() for e in v} == {"de"}
+    assert json.loads((out / "import_report.json").read_text())["skipped"] == {"missing_file": 1}
+    bad = runner.invoke(app, ["import-cv", str(tmp_path / "cv"), str(out), "--language", "fr"])
+    assert bad.exit_code == 2 and "fr" in bad.output
+
+    folder = tmp_path / "folder"
+    lines = []
+    for i, utt in enumerate(speech["en"]):
+        samples, rate = read_audio(utt.path)
+        write_audio(folder / f"{i}.flac", samples, rate)
+        lines.append(f"{i}.flac\t{utt.text}\n")
+    (folder / "transcripts.tsv").write_text("".join(lines) + "gone.flac\tno such file\n")
+    out = tmp_path / "folder-out"
+    result = runner.invoke(app, ["import-folder", str(folder), "en", str(out), "--speaker", "x"])
+    assert result.exit_code == 0, result.output
+    entries = [e for s in ("train", "dev", "test") for e in read_manifest(out / f"{s}.jsonl")]
+    assert sorted(e.text for e in entries) == sorted(u.text for u in speech["en"])
+    assert all(e.speaker == "x" and e.language == "en" for e in entries)
+    assert json.loads((out / "import_report.json").read_text())["skipped"] == {"missing_file": 1}

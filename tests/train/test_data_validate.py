@@ -85,6 +85,22 @@ def test_refuse_other_rates_and_long_clips(
     assert kept == [] and report.counts() == {"too_long": 2}
 
 
+def test_numerals_are_refused_without_alphabets_too(
+    tmp_path: Path, speech: dict[str, list[Utterance]]
+) -> None:
+    # Training builds its alphabets from the text, so no alphabet is given: a numeral
+    # would be dropped by normalization, leaving a transcript that misses a spoken word.
+    entries = _bad_corpus(tmp_path, speech)
+    manifest = tmp_path / "m.jsonl"
+    numeral = ManifestEntry("good.wav", "we have 3 cats", "en", entries["good"].duration)
+    write_manifest(manifest, [entries["good"], numeral])
+    kept, report = validate_manifest(manifest, ValidationConfig())
+    assert kept == [entries["good"]]
+    assert report.counts() == {"bad_characters": 1}
+    assert "'3'" in report.skipped["bad_characters"][0]
+    assert report.skipped["bad_characters"][0].startswith(f"{manifest}:2 (")
+
+
 def test_decode_catches_a_shorter_payload(tmp_path: Path) -> None:
     # a clip whose header is fine but that holds less audio than the manifest claims
     write_audio(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 16000)

@@ -15,6 +15,7 @@ from model.train.context import Context
 from model.train.data.batching import collate
 from model.train.finetune import run_finetune
 from model.train.inputs import make_inputs
+from model.train.metrics import read_metrics
 from model.train.objectives import ContrastiveHead, contrastive_step
 from model.train.prune import magnitude_masks, round_densities, run_prune
 from tests.train.stage_helpers import micro_config, micro_corpus  # noqa: F401
@@ -104,6 +105,29 @@ def test_prune_reaches_target_sparsity_with_different_masks(
     # Resumable per round: a second run finds every round's mask and adds nothing.
     assert (path.parent / "en" / "round2" / "mask.pt").exists()
     assert not (path.parent / "en" / "round1" / "checkpoint.pt").exists()
+
+
+def test_one_shot_prune_with_the_contrastive_objective(
+    micro_corpus: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    _, cfg = micro_config(tmp_path, micro_corpus)
+    cfg.prune.method = "one_shot"  # rounds = 2 in the micro config: one_shot ignores it
+    cfg.prune.objective = "contrastive"
+    cfg.prune.granularity = "global"
+    cfg.prune.contrastive = ContrastiveConfig(
+        num_negatives=5, codebook_entries=16, codevector_dim=32, final_dim=32, mask_length=4
+    )
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    path = run_prune(ctx)
+    stats = load_masks(path).stats()
+    assert stats.density["en"] == pytest.approx(0.5, abs=1e-3)
+    assert stats.density["es"] == pytest.approx(0.3, abs=1e-3)
+    for lang in ("de", "en", "es"):
+        folder = path.parent / lang
+        assert sorted(p.name for p in folder.iterdir()) == ["round1"], "one round only"
+        rows = read_metrics(folder / "round1")
+        assert rows[-1]["step"] == str(cfg.prune.steps) and rows[-1]["contrastive"], rows
 
 
 def test_masked_finetune_never_moves_weights_every_language_pruned(
@@ -234,3 +258,19 @@ def test_adapt_updates_only_the_sub_networks(micro_corpus: Path, tmp_path: Path)
     assert not torch.equal(after["ctc_head.weight"], torch.zeros(1)) and torch.equal(
         after["ctc_head.weight"], start["ctc_head.weight"]
     ), "the contrastive objective must not touch the CTC head"
+
+
+def test_dense_adapt_updates_the_whole_backbone(micro_corpus: Path, tmp_path: Path) -> None:  # noqa: F811
+    from model.train.adapt import run_adapt
+
+    _, cfg = micro_config(tmp_path, micro_corpus, method="dense_adapt")
+    cfg.adapt.optim.weight_decay = 0.0
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    start = new_model(cfg.model, ctx.vocab()).state_dict()
+    art = load_artifact(run_adapt(ctx))  # no prune stage: no masks needed
+    assert art.masks is None and not (tmp_path / "work" / "prune").exists()
+    assert art.history[-1]["stage"] == "adapt" and art.history[-1]["masked"] is False
+    after = art.model.state_dict()
+    for name in art.model.prunable_shapes():
+        assert (after[name] != start[name]).float().mean() > 0.9, name
+    assert torch.equal(after["ctc_head.weight"], start["ctc_head.weight"])

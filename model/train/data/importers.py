@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from model.atomic import atomic_write_text
 from model.train.data.audio_io import AudioError, audio_info
-from model.train.data.manifest import ManifestEntry, ManifestError
+from model.train.data.manifest import ManifestEntry, ManifestError, write_manifest
 from model.train.data.validate import EMPTY_TEXT, MISSING_FILE, TRUNCATED, UNREADABLE, DataReport
 
 SPLITS = ("train", "dev", "test")
@@ -161,3 +163,26 @@ def import_folder(
         if entry is not None:
             entries.append(entry)
     return entries
+
+
+def split_by_sentence(
+    entries: Sequence[ManifestEntry], seed: int = 0, dev: float = 0.05, test: float = 0.05
+) -> dict[str, list[ManifestEntry]]:
+    """``{"train", "dev", "test"}`` by :func:`split_of` of each transcript."""
+    out: dict[str, list[ManifestEntry]] = {split: [] for split in SPLITS}
+    for entry in entries:
+        out[split_of(entry.text, seed, dev, test)].append(entry)
+    return out
+
+
+def write_import(
+    out_dir: Path | str, splits: Mapping[str, Sequence[ManifestEntry]], report: DataReport
+) -> dict[str, Path]:
+    """``<out>/<split>.jsonl`` for each split and ``<out>/import_report.json``; the paths."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for split in SPLITS:
+        paths[split] = out_dir / f"{split}.jsonl"
+        write_manifest(paths[split], splits.get(split, []))
+    atomic_write_text(out_dir / "import_report.json", json.dumps(report.to_dict(), indent=1))
+    return paths

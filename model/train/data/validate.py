@@ -7,6 +7,7 @@ the files and manifest lines), or, with ``on_error="raise"``, stops the run with
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,11 @@ def check_text(text: str, language: str, config: ValidationConfig) -> tuple[str,
         return UNKNOWN_LANGUAGE, f"language {language!r} not in {sorted(config.languages)}"
     if not text.strip():
         return EMPTY_TEXT, "empty transcript"
+    # Numerals are spoken as words but no alphabet spells them: normalizing would drop
+    # them and leave a transcript that no longer matches the speech.
+    numerals = sorted({ch for ch in text if unicodedata.category(ch)[0] == "N"})
+    if numerals:
+        return BAD_CHARACTERS, f"numerals {numerals!r}: spell them out in words"
     if config.alphabets is not None:
         alphabet = config.alphabets.get(language)
         if alphabet is None:
