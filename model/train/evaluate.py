@@ -27,6 +27,7 @@ from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, gr
 from model.network import LassModel
 from model.train.data.audio_io import AudioError, load_audio
 from model.train.data.manifest import ManifestEntry, manifest_root, read_manifest
+from model.train.progress import progress_bar
 from model.vocab import Vocabulary
 
 GREEDY, BEAM, BEAM_LM = "greedy", "beam", "beam_lm"
@@ -183,6 +184,7 @@ def evaluate(
     root: Path | None = None,
     beam_config: BeamConfig | None = None,
     keep_utterances: bool = True,
+    progress: bool = False,
 ) -> EvalReport:
     """Transcribe ``entries`` (a manifest path or entries) and score them per language.
 
@@ -192,6 +194,7 @@ def evaluate(
     paths resolve against when entries are given as a list (default: the working folder).
     ``device``: where the batches go (default: the model's device; the model is not moved).
     Unreadable audio, empty references and unknown languages are skipped and counted.
+    ``progress``: show a progress bar on stderr, in seconds of audio, with an ETA.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -213,6 +216,12 @@ def evaluate(
     was_training = model.training
     model.eval()
     results: list[UtteranceResult] = []
+    bar = progress_bar(not progress)
+    # Batches go longest first: counted in seconds of audio, the ETA does not drift.
+    task = bar.add_task(
+        "evaluate", total=sum(it.entry.duration for it in items), info="seconds of audio"
+    )
+    bar.start()
     try:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
@@ -224,7 +233,9 @@ def evaluate(
                     skipped["unreadable audio"] += 1
             if loaded:
                 results += _run_batch(model, loaded, device, dtype, columns, beams, methods)
+            bar.advance(task, sum(it.entry.duration for it in chunk))
     finally:
+        bar.stop()
         model.train(was_training)
         beams.close()
 

@@ -21,14 +21,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -37,6 +29,7 @@ from model.train.config import LoopConfig, OptimConfig
 from model.train.distributed import DistInfo, average_gradients, barrier, broadcast_modules
 from model.train.metrics import MetricsLog
 from model.train.objectives import StepResult
+from model.train.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 BatchPlan = Callable[[int], list[list[int]]]  # epoch -> global batches of dataset indices
@@ -93,21 +86,6 @@ def batch_to(batch: Any, device: torch.device) -> Any:
 def _audio_seconds(batch: Any) -> float:
     lengths = getattr(batch, "lengths", None)
     return float(lengths.sum()) / 16_000 if isinstance(lengths, Tensor) else 0.0
-
-
-def progress_bar(disable: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=Console(stderr=True),
-        disable=disable,
-        refresh_per_second=2,
-    )
 
 
 def train_loop(

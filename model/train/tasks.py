@@ -1,7 +1,8 @@
 """The stages other parts implement, wired to the work folder: corpus, lm, evaluate.
 
 ``corpus`` calls the data layer's synthetic corpus builder, ``lm`` the n-gram builder
-(``model.train.lm``), ``evaluate`` the evaluator (``model.train.evaluate``).
+(``model.train.lm``), ``evaluate`` the evaluator (``model.train.evaluate``). Each shows a
+progress bar with an ETA on stderr, on rank 0 and unless the context is quiet.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def run_corpus(ctx: Context) -> Path:
     config = SyntheticCorpusConfig.from_toml(ctx.cfg.resolve(ctx.cfg.data.corpus))
     out = ctx.work_dir / "corpus"
     if ctx.dist.is_main:
-        build_synthetic_corpus(config, out, log=ctx.echo)
+        build_synthetic_corpus(config, out, log=ctx.echo, progress=not ctx.quiet)
     from model.train.distributed import barrier
 
     barrier(ctx.dist)
@@ -47,17 +48,27 @@ def lm_text(ctx: Context, language: str) -> list[str]:
 def run_lm(ctx: Context) -> Path:
     """One word n-gram LM per language in ``<work>/lm/<lang>.(bin|arpa)``."""
     from model.train.lm import build_lm
+    from model.train.progress import progress_bar
 
     cfg = ctx.cfg.lm
     folder = ctx.stage_dir("lm")
-    if ctx.dist.is_main:
-        for language in ctx.languages():
-            if any((folder / f"{language}{s}").exists() for s in (".bin", ".arpa")):
-                continue
-            text = lm_text(ctx, language)
-            if not text:
-                ctx.echo(f"[yellow]lm: no text for {language}, skipped")
-                continue
+    if not ctx.dist.is_main:
+        return folder
+    texts: dict[str, list[str]] = {}
+    for language in ctx.languages():
+        if any((folder / f"{language}{s}").exists() for s in (".bin", ".arpa")):
+            continue
+        texts[language] = lm_text(ctx, language)
+        if not texts[language]:
+            ctx.echo(f"[yellow]lm: no text for {language}, skipped")
+            del texts[language]
+    if not texts:
+        return folder
+    # Estimation time grows with the text: the bar counts sentences.
+    with progress_bar(ctx.quiet) as bar:
+        task = bar.add_task("lm", total=sum(map(len, texts.values())), info="sentences")
+        for language, text in texts.items():
+            bar.update(task, info=f"{language}, sentences")
             path = build_lm(
                 text,
                 folder / language,
@@ -65,6 +76,7 @@ def run_lm(ctx: Context) -> Path:
                 prune_singletons_from=cfg.prune_singletons_from or None,
                 binary=cfg.binary,
             )
+            bar.advance(task, len(text))
             ctx.echo(f"lm: {language} -> {path.name}")
     return folder
 
@@ -102,6 +114,7 @@ def run_evaluate(ctx: Context, model_path: Path | None = None) -> Path:
         beam_width=cfg.beam_width,
         batch_size=cfg.batch_size,
         device=ctx.device,
+        progress=ctx.dist.is_main and not ctx.quiet,
     )
     if adapters is not None:
         adapters.detach_from(model)

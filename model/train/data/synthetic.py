@@ -46,8 +46,12 @@ from model.train.data.text_sources import (
     clean_sentences,
     load_language_text,
 )
+from model.train.progress import progress_bar
 
 DEFAULT_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4")
+# Rough speaking speed for the progress bar's estimate of a dev/test split's audio
+# (espeak-ng at ~170 words a minute); the estimate is replaced once the split is built.
+CHARS_PER_SECOND = 15.0
 
 
 @dataclass(frozen=True)
@@ -267,9 +271,11 @@ def _synthesize_split(
     out_dir: Path,
     pool: Executor | None,
     log: Callable[[str], None],
+    advance: Callable[[float], None] | None = None,
 ) -> list[ManifestEntry]:
     """Synthesize a split in rounds of ``config.chunk``; train stops at exactly the first
-    utterance that reaches ``target_seconds`` (the surplus of the last round is deleted)."""
+    utterance that reaches ``target_seconds`` (the surplus of the last round is deleted).
+    ``advance`` gets the seconds of audio each round kept."""
     cycle = target_seconds is not None
     stream = _utterances(config, language, split, sentences, cycle)
     entries: list[ManifestEntry] = []
@@ -286,6 +292,7 @@ def _synthesize_split(
         if not jobs:
             break
         results = list(pool.map(_run_job, jobs)) if pool else [_run_job(j) for j in jobs]
+        before = total
         for job, (seconds, _) in zip(jobs, results, strict=True):
             if target_seconds is not None and total >= target_seconds:
                 Path(job.path).unlink()  # surplus of the last round
@@ -294,6 +301,8 @@ def _synthesize_split(
             speaker = job.voice.espeak_name()
             entries.append(ManifestEntry(rel, job.text, language, round(seconds, 4), speaker))
             total += seconds
+        if advance is not None:
+            advance(total - before)
         if target_seconds is not None and total >= target_seconds:
             break
     log(f"{language} {split}: {len(entries)} utterances, {total / 60:.1f} min")
@@ -308,6 +317,7 @@ def build_synthetic_corpus(
     out_dir: Path | str,
     log: Callable[[str], None] | None = None,
     only: Sequence[str] = ALL_SPLITS,
+    progress: bool = False,
 ) -> CorpusSplits:
     """Build the corpus into ``out_dir`` (atomically: a ``.partial`` sibling, then rename).
 
@@ -315,7 +325,9 @@ def build_synthetic_corpus(
     sentences and voices are seeded per (language, split), so ``only=("test",)`` gives the
     very test clips of the full build, e.g. to re-evaluate a shipped model without
     synthesizing hours of training speech. If ``out_dir`` already holds a corpus built from
-    the same config with at least those splits, it is returned as is.
+    the same config with at least those splits, it is returned as is. ``progress``: show a
+    progress bar on stderr, in seconds of audio (train's target, dev/test estimated from
+    their text until built), with an ETA.
     """
     out_dir = Path(out_dir)
     say = log or (lambda _msg: None)
@@ -335,6 +347,7 @@ def build_synthetic_corpus(
     start = time.monotonic()
     splits: dict[str, list[ManifestEntry]] = {"train": [], "dev": [], "test": []}
     languages: dict[str, Any] = {}
+    bar = progress_bar(not progress)
     pool: ProcessPoolExecutor | None = None
     if config.workers > 1:
         pool = ProcessPoolExecutor(
@@ -345,13 +358,34 @@ def build_synthetic_corpus(
     try:
         # All texts first: a language without enough sentences fails before any synthesis.
         plans = {lang: _plan_language(config, lang) for lang in config.languages}
+        expected = {
+            (language, split): config.target_seconds(language)
+            if split == "train"
+            else sum(map(len, texts)) / CHARS_PER_SECOND
+            for language, (_, _, parts) in plans.items()
+            for split, texts in parts.items()
+            if split in only
+        }
+        bar_total = sum(expected.values())
+        task = bar.add_task("corpus", total=bar_total, info="")
+        bar.start()
+
+        def advance(seconds: float) -> None:
+            bar.advance(task, seconds)
+
         for language, (sentences, source, parts) in plans.items():
             info: dict[str, Any] = {"voice": config.voice_for(language), "source": source}
             for split, texts in parts.items():
                 if split not in only:
                     continue
+                bar.update(task, info=f"{language} {split}, seconds of audio")
                 target = config.target_seconds(language) if split == "train" else None
-                entries = _synthesize_split(config, language, split, texts, target, tmp, pool, say)
+                entries = _synthesize_split(
+                    config, language, split, texts, target, tmp, pool, say, advance
+                )
+                # The total follows what was built (dev/test were estimates, train overshoots).
+                bar_total += sum(e.duration for e in entries) - expected[language, split]
+                bar.update(task, total=bar_total)
                 splits[split].extend(entries)
                 info[split] = {
                     "utterances": len(entries),
@@ -366,6 +400,8 @@ def build_synthetic_corpus(
             info["alphabet"] = sorted({ch for s in sentences for ch in s} | {" "})
             languages[language] = info
     finally:
+        if bar.live.is_started:
+            bar.stop()
         if pool is not None:
             pool.shutdown()
     for split, entries in splits.items():
