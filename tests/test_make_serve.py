@@ -1,4 +1,5 @@
-"""`make serve`, the README's first command: sets up (idempotently) and serves on a port."""
+"""`make serve`, the README's first command: sets up (idempotently) and serves the
+embedded default model on a port."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import time
 from pathlib import Path
 
 import httpx
+import jiwer
 import pytest
 
 from service.settings import DEFAULT_BUNDLE
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, Utterance, free_port
 
 
 @pytest.mark.slow
-def test_make_serve_answers_live_and_says_whether_ready(tmp_path: Path) -> None:
+def test_make_serve_serves_the_default_model(
+    tmp_path: Path, speech: dict[str, list[Utterance]]
+) -> None:
     port = free_port()
     log_path = tmp_path / "make-serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LASS_")}
@@ -41,19 +45,25 @@ def test_make_serve_answers_live_and_says_whether_ready(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 time.sleep(0.3)
         assert live is not None and live.status_code == 200, log_path.read_text()
-        if (DEFAULT_BUNDLE / "manifest.json").is_file():
-            while time.monotonic() < deadline:
-                ready = httpx.get(base + "/health/ready", timeout=5)
-                if ready.status_code == 200:
-                    break
-                time.sleep(0.5)
-            assert ready.status_code == 200, ready.text
-            assert len(ready.json()["languages"]) >= 8
-        else:
-            # No packaged bundle yet: live, never ready, and the body says what to set.
+        # The repository ships its default model: `make serve` serves it with no download.
+        assert (DEFAULT_BUNDLE / "manifest.json").is_file(), "model/default_bundle is missing"
+        while time.monotonic() < deadline:
             ready = httpx.get(base + "/health/ready", timeout=5)
-            assert ready.status_code == 503
-            assert "LASS_BUNDLE" in ready.json()["error"]
+            if ready.status_code == 200:
+                break
+            time.sleep(0.5)
+        assert ready.status_code == 200, ready.text
+        assert len(ready.json()["languages"]) >= 8
+        clip = speech["de"][1]
+        answer = httpx.post(
+            base + "/v1/audio/transcriptions",
+            files={"file": ("de.wav", clip.path.read_bytes(), "audio/wav")},
+            data={"model": "whisper-1", "language": "de"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        text = answer.json()["text"]
+        assert jiwer.cer(clip.text, text) <= 0.25, (clip.text, text)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
