@@ -124,6 +124,9 @@ class FinetuneConfig(LoopConfig):
     restrict_vocab: bool = True  # score each sample only over its language's columns
     lid_steps: int = 50  # LID head training after CTC (backbone frozen); 0 = skip
     lid_lr: float = 2e-3
+    # weight the LID loss so every language counts the same, however much audio it has
+    # (unweighted, the head learns the prior: see docs/model-card.md)
+    lid_balance: bool = True
     adapter_dim: int = 64  # bottleneck size for the MMS-style adapter baseline
 
 

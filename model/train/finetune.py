@@ -10,6 +10,7 @@ with everything else frozen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,20 @@ def ctc_step(model: LassModel, batch: Any, allowed: Tensor | None) -> StepResult
     )
 
 
-def lid_step(model: LassModel, batch: Any) -> StepResult:
+def balanced_language_weights(lang_ids: Sequence[int], num_languages: int) -> Tensor:
+    """``[L]`` loss weights ``N / (L' * n_l)`` (``L'`` languages present, ``n_l`` utterances of
+    language ``l``, 0 for an absent one): each language then carries the same total weight,
+    and a weighted mean over the whole set is the mean of the per-language means."""
+    counts = torch.bincount(torch.as_tensor(list(lang_ids)), minlength=num_languages).double()
+    present = int((counts > 0).sum())
+    weights = torch.zeros(num_languages, dtype=torch.double)
+    weights[counts > 0] = counts.sum() / (present * counts[counts > 0])
+    return weights.float()
+
+
+def lid_step(model: LassModel, batch: Any, weights: Tensor | None = None) -> StepResult:
     logits = model.identify_language(batch.waveforms, batch.lengths)
-    loss = F.cross_entropy(logits.float(), batch.lang_ids)
+    loss = F.cross_entropy(logits.float(), batch.lang_ids, weight=weights)
     accuracy = float((logits.argmax(-1) == batch.lang_ids).float().mean())
     return StepResult(loss, float(logits.shape[0]), {"lid_accuracy": accuracy})
 
@@ -113,13 +125,18 @@ def run_finetune(ctx: Context, init: Path | None = None) -> Path:
             p.requires_grad_(False)
         model.lid_head.requires_grad_(True)
         lid_inputs = make_inputs(ctx, "train", cfg, mode="mixed", with_text=False)
+        lid_weights = (
+            balanced_language_weights(lid_inputs.dataset.lang_ids, len(model.languages)).to(device)
+            if cfg.lid_balance
+            else None
+        )
         train_loop(
             name="finetune-lid",
             out_dir=ctx.stage_dir("finetune") / "lid",
             cfg=cfg,
             modules={"lid_head": model.lid_head},
             params=list(model.lid_head.parameters()),
-            step_fn=lambda batch, step: lid_step(model, batch),
+            step_fn=lambda batch, step: lid_step(model, batch, lid_weights),
             plan=lid_inputs.plan,
             dataset=lid_inputs.dataset,
             collate_fn=lid_inputs.collate,
