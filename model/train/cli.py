@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from model.train.context import Context
     from model.train.data.manifest import ManifestEntry
@@ -193,11 +193,22 @@ TEST = typer.Option(0.05, "--test-fraction", help="Share of sentences for test."
 SEED = typer.Option(0, "--seed", help="Seed of the sentence split.")
 
 
-def _write_import(
-    out: Path, splits: Mapping[str, Sequence[ManifestEntry]], report: DataReport
+def _import(
+    command: str,
+    out: Path,
+    read: Callable[[DataReport], Mapping[str, Sequence[ManifestEntry]]],
 ) -> None:
+    """Run an importer (``read`` fills the report), write its manifests, say what it kept."""
     from model.train.data.importers import write_import
+    from model.train.data.manifest import ManifestError
+    from model.train.data.validate import DataReport
 
+    report = DataReport()
+    try:
+        splits = read(report)
+    except (FileNotFoundError, ManifestError) as exc:
+        typer.echo(f"lass train {command}: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
     paths = write_import(out, splits, report)
     typer.echo(report.summary(), err=True)
     for split, path in paths.items():
@@ -217,18 +228,14 @@ def import_cv(
 ) -> None:
     """Manifests from a Common Voice release (its train/dev/test.tsv, else split by sentence)."""
     from model.train.data.importers import import_common_voice
-    from model.train.data.manifest import ManifestError
-    from model.train.data.validate import DataReport
 
-    report = DataReport()
-    try:
-        splits = import_common_voice(
+    _import(
+        "import-cv",
+        out,
+        lambda report: import_common_voice(
             root, language or None, True, dev_fraction, test_fraction, seed, report
-        )
-    except (FileNotFoundError, ManifestError) as exc:
-        typer.echo(f"lass train import-cv: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
-    _write_import(out, splits, report)
+        ),
+    )
 
 
 @app.command("import-folder")
@@ -246,16 +253,14 @@ def import_folder(
 ) -> None:
     """Manifests from a folder of audio and its transcript file, split by sentence."""
     from model.train.data import importers
-    from model.train.data.manifest import ManifestError
-    from model.train.data.validate import DataReport
 
-    report = DataReport()
-    try:
-        entries = importers.import_folder(
-            folder, language, transcripts, speaker=speaker, report=report
-        )
-    except (FileNotFoundError, ManifestError) as exc:
-        typer.echo(f"lass train import-folder: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
-    splits = importers.split_by_sentence(entries, seed, dev_fraction, test_fraction)
-    _write_import(out, splits, report)
+    _import(
+        "import-folder",
+        out,
+        lambda report: importers.split_by_sentence(
+            importers.import_folder(folder, language, transcripts, speaker=speaker, report=report),
+            seed,
+            dev_fraction,
+            test_fraction,
+        ),
+    )

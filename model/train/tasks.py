@@ -58,10 +58,11 @@ def run_lm(ctx: Context) -> Path:
     for language in ctx.languages():
         if any((folder / f"{language}{s}").exists() for s in (".bin", ".arpa")):
             continue
-        texts[language] = lm_text(ctx, language)
-        if not texts[language]:
+        text = lm_text(ctx, language)
+        if text:
+            texts[language] = text
+        else:
             ctx.echo(f"[yellow]lm: no text for {language}, skipped")
-            del texts[language]
     if not texts:
         return folder
     # Estimation time grows with the text: the bar counts sentences.

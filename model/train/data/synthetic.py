@@ -21,6 +21,7 @@ Output folder::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -369,10 +370,7 @@ def build_synthetic_corpus(
         bar_total = sum(expected.values())
         task = bar.add_task("corpus", total=bar_total, info="")
         bar.start()
-
-        def advance(seconds: float) -> None:
-            bar.advance(task, seconds)
-
+        advance = functools.partial(bar.advance, task)
         for language, (sentences, source, parts) in plans.items():
             info: dict[str, Any] = {"voice": config.voice_for(language), "source": source}
             for split, texts in parts.items():
@@ -400,8 +398,7 @@ def build_synthetic_corpus(
             info["alphabet"] = sorted({ch for s in sentences for ch in s} | {" "})
             languages[language] = info
     finally:
-        if bar.live.is_started:
-            bar.stop()
+        bar.stop()  # a no-op when it never started
         if pool is not None:
             pool.shutdown()
     for split, entries in splits.items():
