@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from model.config import BackboneConfig
 from model.masks import LanguageMasks
-from model.network import LassModel
+from model.network import LID_INPUTS, LassModel
 from model.vocab import Vocabulary
 
 BUNDLE_FORMAT_VERSION = 1
@@ -155,6 +155,7 @@ def write_bundle(
                 "languages": languages,  # lang_ids and LID logits index this list
                 "scope": list(model.scope),
                 "lid_head": model.lid_head is not None,
+                "lid_input": model.lid_input,
                 "dtype": _dtype_name(dtype),
             },
             "vocab": vocab.to_dict(),
@@ -247,6 +248,9 @@ def read_bundle(
         info = manifest["model"]
         languages = list(info["languages"])
         stored_dtype = _DTYPES[info.get("dtype", "float32")]
+        lid_input = info.get("lid_input", "features")  # bundles from before lid_input existed
+        if lid_input not in LID_INPUTS:
+            raise ValueError(f"lid_input {lid_input!r} is not one of {LID_INPUTS}")
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(mfile, f"invalid configuration ({exc})") from exc
     for lang in languages:
@@ -263,6 +267,7 @@ def read_bundle(
         languages=languages,
         scope=info.get("scope", ["attention", "feed_forward"]),
         lid_head=bool(info.get("lid_head", True)),
+        lid_input=lid_input,
     )
     try:
         state = load_file(str(path / BACKBONE))

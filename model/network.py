@@ -35,7 +35,9 @@ class ModelOutput:
     logits: Tensor  # [B, F, V] CTC logits over the whole vocabulary
     lengths: Tensor  # [B] valid frames per sample
     hidden: Tensor  # [B, F, D] last encoder layer
-    lid_logits: Tensor | None  # [B, L] language identification, when the model has a LID head
+    # [B, L] language identification, when this pass computed the LID head's input: always
+    # for a "features" head, only in a dense pass (lang_ids None) for an "encoder" head
+    lid_logits: Tensor | None
 
 
 @dataclass
@@ -269,23 +271,42 @@ class _GroupedMaskedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-class LanguageIdHead(nn.Module):
-    """Statistics pooling (mean, std over valid frames) of conv features -> MLP -> language logits.
+# What the LID head reads: "features" = the shared conv features (no transformer pass);
+# "encoder" = the output of a dense transformer pass (one extra pass, far more accurate:
+# the conv features' statistics carry the voice more than the phonetics).
+LID_INPUTS = ("features", "encoder")
 
-    It reads only the shared conv feature encoder, so identifying the language costs no
-    transformer pass.
+
+class LanguageIdHead(nn.Module):
+    """Frames -> (per-frame MLP) -> statistics pooling (mean, std over valid frames) -> MLP
+    -> language logits.
+
+    ``frame_width`` 0 pools the normalized input frames directly (the ``"features"`` head);
+    otherwise a two-layer per-frame MLP of that width comes first, so the pooled statistics
+    are of non-linear frame features (e.g. how often a language's sounds occur).
     """
 
-    def __init__(self, feature_dim: int, num_languages: int, hidden: int = 256):
+    def __init__(self, input_dim: int, num_languages: int, hidden: int = 256, frame_width: int = 0):
         super().__init__()
-        self.norm = nn.LayerNorm(feature_dim)
+        self.norm = nn.LayerNorm(input_dim)
+        self.frame = (
+            nn.Sequential(
+                nn.Linear(input_dim, frame_width),
+                nn.GELU(),
+                nn.Linear(frame_width, frame_width),
+                nn.GELU(),
+            )
+            if frame_width
+            else nn.Identity()
+        )
+        pooled = frame_width or input_dim
         self.mlp = nn.Sequential(
-            nn.Linear(2 * feature_dim, hidden), nn.GELU(), nn.Linear(hidden, num_languages)
+            nn.Linear(2 * pooled, hidden), nn.GELU(), nn.Linear(hidden, num_languages)
         )
 
-    def forward(self, features: Tensor, lengths: Tensor | None) -> Tensor:
-        """features ``[B, F, C]``, lengths ``[B]`` frames -> logits ``[B, L]``."""
-        x = self.norm(features)
+    def forward(self, frames: Tensor, lengths: Tensor | None) -> Tensor:
+        """frames ``[B, F, C]``, lengths ``[B]`` valid frames -> logits ``[B, L]``."""
+        x = self.frame(self.norm(frames))
         b, f, _ = x.shape
         if lengths is None:
             valid = torch.ones(b, f, 1, dtype=x.dtype, device=x.device)
@@ -336,8 +357,12 @@ class LassModel(nn.Module):
         languages: Sequence[str],
         scope: Sequence[str] = DEFAULT_SCOPE,
         lid_head: bool = True,
+        lid_input: str = "features",
     ):
         super().__init__()
+        if lid_input not in LID_INPUTS:
+            raise ValueError(f"lid_input must be one of {LID_INPUTS}, got {lid_input!r}")
+        self.lid_input = lid_input  # what the LID head reads (see LID_INPUTS)
         self.config = config
         self.languages: list[str] = list(languages)
         if len(set(self.languages)) != len(self.languages):
@@ -351,15 +376,28 @@ class LassModel(nn.Module):
         # Learned vector that replaces time-masked frames in the pre-training objective.
         self.mask_embedding = nn.Parameter(torch.empty(dim).uniform_())
         self.ctc_head = nn.Linear(dim, vocab_size)
-        self.lid_head = (
-            LanguageIdHead(config.feature_dim, len(self.languages))
-            if lid_head and self.languages
-            else None
-        )
+        self.lid_head: LanguageIdHead | None = None
+        if lid_head and self.languages:
+            self.replace_lid_head(lid_input)
         self.encoder.apply(_init_linear)
         _init_linear(self.ctc_head)
         self._route = _Route()
         self._install_masked_linears()
+
+    def replace_lid_head(self, lid_input: str) -> None:
+        """A fresh (untrained) LID head reading ``lid_input`` (one of :data:`LID_INPUTS`)."""
+        if lid_input not in LID_INPUTS:
+            raise ValueError(f"lid_input must be one of {LID_INPUTS}, got {lid_input!r}")
+        if not self.languages:
+            raise ValueError("a model without languages has no LID head")
+        n = len(self.languages)
+        head = (
+            LanguageIdHead(self.config.feature_dim, n)
+            if lid_input == "features"
+            else LanguageIdHead(self.config.encoder_embed_dim, n, frame_width=512)
+        )
+        like = self.ctc_head.weight
+        self.lid_head, self.lid_input = head.to(like.device, like.dtype), lid_input
 
     # ----------------------------------------------------------------- masks
     def _install_masked_linears(self) -> None:
@@ -565,10 +603,16 @@ class LassModel(nn.Module):
         return hidden
 
     def identify_language(self, waveforms: Tensor, lengths: Tensor | None) -> Tensor:
-        """waveforms ``[B, T]`` -> LID logits ``[B, L]`` over :attr:`languages`."""
+        """waveforms ``[B, T]`` -> LID logits ``[B, L]`` over :attr:`languages`.
+
+        The ``"encoder"`` head costs a dense transformer pass (every weight, no mask: the
+        language is what we are asking for).
+        """
         if self.lid_head is None:
             raise RuntimeError("this model has no language identification head")
         features, frames = self.extract_features(waveforms, lengths)
+        if self.lid_input == "encoder":
+            features = self.encode(features, frames, None)
         return self.lid_head(features, frames)
 
     def forward(
@@ -585,5 +629,9 @@ class LassModel(nn.Module):
             frames = torch.full(
                 (waveforms.shape[0],), features.shape[1], dtype=torch.long, device=waveforms.device
             )
-        lid = self.lid_head(features, frames) if self.lid_head is not None else None
+        lid = None
+        if self.lid_head is not None and self.lid_input == "features":
+            lid = self.lid_head(features, frames)
+        elif self.lid_head is not None and lang_ids is None:  # this pass is the dense one
+            lid = self.lid_head(hidden, frames)
         return ModelOutput(logits=logits, lengths=frames, hidden=hidden, lid_logits=lid)

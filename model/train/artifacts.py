@@ -54,17 +54,24 @@ def new_model(cfg: ModelConfig, vocab: Vocabulary, init_from: Path | None = None
         from model.checkpoint_hf import load_hf_wav2vec2
 
         backbone, state, _ = load_hf_wav2vec2(init_from)
-        model = LassModel(backbone, len(vocab), vocab.languages, cfg.scope, cfg.lid_head)
+        model = LassModel(
+            backbone, len(vocab), vocab.languages, cfg.scope, cfg.lid_head, cfg.lid_input
+        )
         _load_compatible(model, state)
         return model
     if init_from is not None:
         art = load_artifact(init_from)
-        model = LassModel(art.model.config, len(vocab), vocab.languages, cfg.scope, cfg.lid_head)
+        model = LassModel(
+            art.model.config, len(vocab), vocab.languages, cfg.scope, cfg.lid_head, cfg.lid_input
+        )
         _load_compatible(model, art.model.state_dict())
         return model
     with torch.random.fork_rng():  # the same seed gives the same weights, in any process
         torch.manual_seed(cfg.seed)
-        return LassModel(backbone_config(cfg), len(vocab), vocab.languages, cfg.scope, cfg.lid_head)
+        backbone = backbone_config(cfg)
+        return LassModel(
+            backbone, len(vocab), vocab.languages, cfg.scope, cfg.lid_head, cfg.lid_input
+        )
 
 
 def _load_compatible(model: LassModel, state: dict[str, Tensor]) -> None:
@@ -84,6 +91,7 @@ def save_artifact(path: Path, art: Artifact) -> None:
         "languages": list(model.languages),
         "scope": list(model.scope),
         "lid_head": model.lid_head is not None,
+        "lid_input": model.lid_input,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "masks": None
         if masks is None
@@ -109,6 +117,7 @@ def load_artifact(path: Path, device: str | torch.device = "cpu") -> Artifact:
         payload["languages"],
         payload["scope"],
         payload["lid_head"],
+        payload.get("lid_input", "features"),  # stage outputs from before lid_input existed
     )
     model.load_state_dict(payload["state_dict"])
     model.to(device)

@@ -159,6 +159,9 @@ class ModelConfig:
     scope: list[str] = field(default_factory=lambda: ["attention", "feed_forward"])
     init_from: str = ""  # local HF wav2vec2 directory or a lass stage checkpoint (.pt)
     lid_head: bool = True
+    # What the LID head reads: "encoder" (a dense transformer pass; accurate) or "features"
+    # (the conv features' statistics; no transformer pass, far less accurate).
+    lid_input: Literal["encoder", "features"] = "encoder"
     seed: int = 0  # initialisation of a new model
 
 

@@ -322,8 +322,12 @@ def _run_batch(
             column[i] = t
         decoded[BEAM_LM] = column
     predicted: list[str | None] = [None] * len(loaded)
-    if out.lid_logits is not None:
-        predicted = [model.languages[int(i)] for i in out.lid_logits.argmax(dim=-1).tolist()]
+    lid_logits = out.lid_logits
+    if lid_logits is None and model.lid_head is not None:  # an "encoder" head: its own pass
+        with torch.no_grad():
+            lid_logits = model.identify_language(waves.to(device), lengths.to(device))
+    if lid_logits is not None:
+        predicted = [model.languages[int(i)] for i in lid_logits.argmax(dim=-1).tolist()]
     return [
         UtteranceResult(
             audio=str(it.path),

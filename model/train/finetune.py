@@ -120,6 +120,12 @@ def run_finetune(ctx: Context, init: Path | None = None) -> Path:
         num_workers=ctx.cfg.data.num_workers,
         quiet=ctx.quiet,
     )
+    wanted = ctx.cfg.model.lid_input
+    if model.lid_head is not None and model.lid_input != wanted:
+        # The earlier stages' model carries another kind of LID head: LID training starts
+        # from a fresh head of the configured kind (the CTC weights are unchanged).
+        ctx.echo(f"finetune: new LID head reading {wanted!r} (was {model.lid_input!r})")
+        model.replace_lid_head(wanted)
     if model.lid_head is not None and cfg.lid_steps > 0:
         for p in model.parameters():
             p.requires_grad_(False)

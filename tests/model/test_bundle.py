@@ -195,3 +195,32 @@ def test_writer_refuses_language_without_masks_or_alphabet(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="'es' has no alphabet"):
         write_bundle(tmp_path / "b", model, vocab, masks, provenance={})
     assert not (tmp_path / "b").exists()
+
+
+def test_encoder_lid_head_round_trips(tmp_path: Path) -> None:
+    model, vocab, masks = _parts()
+    model.replace_lid_head("encoder")
+    path = write_bundle(tmp_path / "bundle", model, vocab, masks, provenance={}, metrics=None)
+    bundle = read_bundle(path)
+    assert bundle.manifest["model"]["lid_input"] == "encoder"
+    assert bundle.model.lid_input == "encoder"
+    waves = torch.randn(2, 6000)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            bundle.model.identify_language(waves, None), model.identify_language(waves, None)
+        )
+
+
+def test_a_manifest_without_lid_input_has_a_conv_features_head(tmp_path: Path) -> None:
+    path = _write(tmp_path)  # bundles written before lid_input existed read the conv features
+    assert read_bundle(path).manifest["model"]["lid_input"] == "features"
+    _edit_manifest(path, lambda m: m["model"].pop("lid_input"))
+    assert read_bundle(path).model.lid_input == "features"
+
+
+def test_refuses_unknown_lid_input(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    _edit_manifest(path, lambda m: m["model"].update(lid_input="spectrogram"))
+    with pytest.raises(BundleError, match="lid_input"):
+        read_bundle(path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.network import LassModel, normalize_waveforms
-from tests.model.helpers import LANGS, micro_model, random_masks
+from tests.model.helpers import LANGS, micro_config, micro_model, random_masks
 
 
 def _dense_copy_with_mask(model: LassModel, language: str) -> LassModel:
@@ -272,3 +272,48 @@ def test_normalizing_model_ignores_gain_and_offset() -> None:
         assert (a - b).abs().max().item() <= 1e-4
         # The flag is what does it: the raw model sees a different input.
         assert (raw(wave).logits - raw(0.05 * wave + 0.01).logits).abs().max().item() > 1e-3
+
+
+def test_encoder_lid_head_reads_a_dense_pass_and_ignores_padding() -> None:
+    model = micro_model().eval()
+    model.replace_lid_head("encoder")
+    model.set_masks(random_masks(model, LANGS))
+    lengths = torch.tensor([16000, 9000, 4000])
+    waves = torch.randn(len(lengths), 16000, generator=torch.Generator().manual_seed(2))
+    for i, n in enumerate(lengths.tolist()):
+        waves[i, n:] = 0.0
+    with torch.no_grad():
+        lid = model.identify_language(waves, lengths)
+        assert lid.shape == (3, len(LANGS))
+        for i, n in enumerate(lengths.tolist()):
+            alone = model.identify_language(waves[i : i + 1, :n], None)
+            assert (lid[i] - alone[0]).abs().max().item() <= 1e-5, i
+        features, frames = model.extract_features(waves, lengths)
+        hidden = model.encode(features, frames, None)  # dense: every weight, no mask
+        assert model.lid_head is not None
+        torch.testing.assert_close(lid, model.lid_head(hidden, frames))
+        masked = model.encode(features, frames, torch.zeros(3, dtype=torch.long))
+        assert not torch.allclose(model.lid_head(masked, frames), lid)
+        # a dense forward computes it on the way; a masked forward leaves it to identify_language
+        dense_out = model(waves, lengths)
+        assert dense_out.lid_logits is not None
+        torch.testing.assert_close(dense_out.lid_logits, lid)
+        assert model(waves, lengths, torch.tensor([0, 1, 2])).lid_logits is None
+
+
+def test_lid_input_is_checked_and_a_head_can_be_replaced() -> None:
+    with pytest.raises(ValueError, match="lid_input"):
+        LassModel(micro_config(), vocab_size=12, languages=LANGS, lid_input="spectrogram")
+    model = micro_model()
+    assert model.lid_input == "features" and model.lid_head is not None
+    assert model.lid_head.norm.normalized_shape == (model.config.feature_dim,)
+    model.replace_lid_head("encoder")
+    assert model.lid_input == "encoder" and model.lid_head is not None
+    assert model.lid_head.norm.normalized_shape == (model.config.encoder_embed_dim,)
+    assert "lid_head.frame.0.weight" in model.state_dict()
+    with pytest.raises(ValueError, match="lid_input"):
+        model.replace_lid_head("spectrogram")
+    no_languages = LassModel(micro_config(), vocab_size=12, languages=[])
+    assert no_languages.lid_head is None
+    with pytest.raises(ValueError, match="without languages"):
+        no_languages.replace_lid_head("encoder")

@@ -274,3 +274,28 @@ def test_dense_adapt_updates_the_whole_backbone(micro_corpus: Path, tmp_path: Pa
     for name in art.model.prunable_shapes():
         assert (after[name] != start[name]).float().mean() > 0.9, name
     assert torch.equal(after["ctc_head.weight"], start["ctc_head.weight"])
+
+
+def test_finetune_trains_a_fresh_lid_head_of_the_configured_kind(
+    micro_corpus: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from model.train.adapt import run_adapt
+
+    _, cfg = micro_config(tmp_path, micro_corpus)
+    cfg.model.lid_input = "features"
+    cfg.finetune.steps = 1
+    cfg.finetune.lid_steps = 2
+    ctx = Context.create(cfg, tmp_path / "work", quiet=True)
+    run_prune(ctx)
+    adapted = load_artifact(run_adapt(ctx))
+    assert adapted.model.lid_input == "features"
+    cfg.model.lid_input = "encoder"  # the config changed after the earlier stages ran
+    art = load_artifact(run_finetune(ctx))
+    assert art.model.lid_input == "encoder"
+    state = art.model.state_dict()
+    assert state["lid_head.norm.weight"].shape == (art.model.config.encoder_embed_dim,)
+    rows = read_metrics(ctx.stage_dir("finetune") / "lid")
+    assert rows[-1]["step"] == "2" and rows[-1]["lid_accuracy"], rows
+    # the CTC weights came from fine-tuning, not from a re-initialised model
+    assert not torch.equal(state["ctc_head.weight"], adapted.model.state_dict()["ctc_head.weight"])
