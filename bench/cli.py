@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "decoding": "bench.decoding",
     "audio-io": "bench.audio_io",
     "vad": "bench.vad",
+    "lid": "bench.lid_cost",
 }
 
 app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
@@ -27,7 +28,7 @@ app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 
 @app.callback()
 def bench(ctx: typer.Context) -> None:
-    """Run a benchmark: masked-forward, train-step, service, decoding, audio-io, vad."""
+    """Run a benchmark: masked-forward, train-step, service, decoding, audio-io, vad, lid."""
     if ctx.invoked_subcommand is None:
         typer.echo(f"lass bench: name one of {', '.join(BENCHMARKS)}.", err=True)
         raise typer.Exit(code=2)

@@ -61,9 +61,7 @@ def test_default_bundle_is_small_trained_and_multilingual(bundle: Bundle) -> Non
 # Languages whose fresh sentence the shipped model still gets wrong by more than 25 % CER,
 # with the figure measured on it (docs/model-card.md says why and what closes the gap).
 # Strict: once a retrained bundle passes one, its entry must go.
-SHORT_OF_TARGET: dict[str, str] = {
-    "fr": "33 % greedy CER: 15 min of French with its silent letters is not enough yet",
-}
+SHORT_OF_TARGET: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +126,14 @@ def test_manifest_figures_match_our_evaluation(bundle: Bundle, tmp_path: Path) -
                 figures["average"][metric][method], abs=0.005
             ), (metric, method)
     assert ours["lid_accuracy"] == pytest.approx(figures["lid_accuracy"], abs=0.005)
+
+
+def test_identifies_the_language_of_unseen_sentences(fresh_report: dict[str, Any]) -> None:
+    # 97.7 % on the test split (docs/model-card.md); on these ten the shipped head takes the
+    # French sentence for Polish, so one miss is allowed and a second one fails.
+    wrong = {
+        u["language"]: u["predicted_language"]
+        for u in fresh_report["utterances"]
+        if u["predicted_language"] != u["language"]
+    }
+    assert len(wrong) <= 1, wrong
