@@ -9,6 +9,7 @@ does not depend on the weights). Prints one line per mode and, last, one JSON li
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -31,17 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from model.bundle import read_bundle
-    from model.network import LID_INPUTS
+    from model.config import LID_INPUTS
 
     torch.set_num_threads(args.threads)
     model = read_bundle(args.bundle, dtype=torch.float32).model
     if model.lid_head is None:
         print(f"{args.bundle}: this bundle has no LID head")
         return 1
-    other = read_bundle(args.bundle, dtype=torch.float32).model
+    other = copy.deepcopy(model)
     other_kind = next(k for k in LID_INPUTS if k != model.lid_input)
     other.replace_lid_head(other_kind)
-    other.eval()
     wave = torch.randn(1, int(args.seconds * 16_000), generator=torch.Generator().manual_seed(0))
     lang = torch.tensor([0])
     modes: dict[str, Callable[[], object]] = {

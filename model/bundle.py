@@ -30,9 +30,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.config import BackboneConfig
+from model.config import BackboneConfig, check_lid_input
 from model.masks import LanguageMasks
-from model.network import LID_INPUTS, LassModel
+from model.network import LassModel
 from model.vocab import Vocabulary
 
 BUNDLE_FORMAT_VERSION = 1
@@ -248,9 +248,8 @@ def read_bundle(
         info = manifest["model"]
         languages = list(info["languages"])
         stored_dtype = _DTYPES[info.get("dtype", "float32")]
-        lid_input = info.get("lid_input", "features")  # bundles from before lid_input existed
-        if lid_input not in LID_INPUTS:
-            raise ValueError(f"lid_input {lid_input!r} is not one of {LID_INPUTS}")
+        # bundles from before lid_input existed have the conv-features head
+        lid_input = check_lid_input(info.get("lid_input", "features"))
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(mfile, f"invalid configuration ({exc})") from exc
     for lang in languages:

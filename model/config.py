@@ -7,12 +7,26 @@ to 320 samples (20 ms).
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 SAMPLE_RATE = 16_000
 FRAME_STRIDE = 320  # samples per encoder frame for every preset (product of conv strides)
 
 ExtractorMode = Literal["group_norm", "layer_norm"]
+
+# What the LID head reads: "features" = the shared conv features (no transformer pass);
+# "encoder" = the output of a dense transformer pass (one extra pass, far more accurate:
+# the conv features' statistics carry the voice more than the phonetics).
+LidInput = Literal["features", "encoder"]
+LID_INPUTS: tuple[LidInput, ...] = get_args(LidInput)
+
+
+def check_lid_input(value: str) -> LidInput:
+    """``value`` if it names a LID head input (:data:`LID_INPUTS`); ValueError otherwise."""
+    if value not in LID_INPUTS:
+        raise ValueError(f"lid_input must be one of {LID_INPUTS}, got {value!r}")
+    return value  # type: ignore[return-value]
+
 
 # wav2vec 2.0's conv feature encoder: (channels, kernel, stride) per layer.
 _W2V2_CONV: tuple[tuple[int, int, int], ...] = (

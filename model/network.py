@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from model.cache import MaskedWeightCache
-from model.config import BackboneConfig
+from model.config import BackboneConfig, LidInput, check_lid_input
 from model.masks import DEFAULT_SCOPE, LanguageMasks, prunable_parameter_names
 
 # (language name or None for the dense weights, first row, end row) over the sorted batch
@@ -271,12 +271,6 @@ class _GroupedMaskedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-# What the LID head reads: "features" = the shared conv features (no transformer pass);
-# "encoder" = the output of a dense transformer pass (one extra pass, far more accurate:
-# the conv features' statistics carry the voice more than the phonetics).
-LID_INPUTS = ("features", "encoder")
-
-
 class LanguageIdHead(nn.Module):
     """Frames -> (per-frame MLP) -> statistics pooling (mean, std over valid frames) -> MLP
     -> language logits.
@@ -357,12 +351,10 @@ class LassModel(nn.Module):
         languages: Sequence[str],
         scope: Sequence[str] = DEFAULT_SCOPE,
         lid_head: bool = True,
-        lid_input: str = "features",
+        lid_input: LidInput = "features",
     ):
         super().__init__()
-        if lid_input not in LID_INPUTS:
-            raise ValueError(f"lid_input must be one of {LID_INPUTS}, got {lid_input!r}")
-        self.lid_input = lid_input  # what the LID head reads (see LID_INPUTS)
+        self.lid_input = check_lid_input(lid_input)  # what the LID head reads
         self.config = config
         self.languages: list[str] = list(languages)
         if len(set(self.languages)) != len(self.languages):
@@ -384,10 +376,10 @@ class LassModel(nn.Module):
         self._route = _Route()
         self._install_masked_linears()
 
-    def replace_lid_head(self, lid_input: str) -> None:
-        """A fresh (untrained) LID head reading ``lid_input`` (one of :data:`LID_INPUTS`)."""
-        if lid_input not in LID_INPUTS:
-            raise ValueError(f"lid_input must be one of {LID_INPUTS}, got {lid_input!r}")
+    def replace_lid_head(self, lid_input: LidInput) -> None:
+        """A fresh (untrained) LID head reading ``lid_input`` (one of ``LID_INPUTS``), in the
+        model's device, dtype and train/eval mode."""
+        lid_input = check_lid_input(lid_input)
         if not self.languages:
             raise ValueError("a model without languages has no LID head")
         n = len(self.languages)
@@ -397,7 +389,8 @@ class LassModel(nn.Module):
             else LanguageIdHead(self.config.encoder_embed_dim, n, frame_width=512)
         )
         like = self.ctc_head.weight
-        self.lid_head, self.lid_input = head.to(like.device, like.dtype), lid_input
+        head.to(like.device, like.dtype).train(self.training)
+        self.lid_head, self.lid_input = head, lid_input
 
     # ----------------------------------------------------------------- masks
     def _install_masked_linears(self) -> None:
@@ -630,8 +623,9 @@ class LassModel(nn.Module):
                 (waveforms.shape[0],), features.shape[1], dtype=torch.long, device=waveforms.device
             )
         lid = None
-        if self.lid_head is not None and self.lid_input == "features":
-            lid = self.lid_head(features, frames)
-        elif self.lid_head is not None and lang_ids is None:  # this pass is the dense one
-            lid = self.lid_head(hidden, frames)
+        if self.lid_head is not None:
+            if self.lid_input == "features":
+                lid = self.lid_head(features, frames)
+            elif lang_ids is None:  # this pass is the dense one the "encoder" head reads
+                lid = self.lid_head(hidden, frames)
         return ModelOutput(logits=logits, lengths=frames, hidden=hidden, lid_logits=lid)

@@ -9,6 +9,7 @@ stages that produced it. The bundle (``model.bundle``) is written only by ``expo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,28 +51,29 @@ def new_model(cfg: ModelConfig, vocab: Vocabulary, init_from: Path | None = None
     ``init_from`` is a local Hugging Face wav2vec2 directory (real XLS-R weights) or a
     lass ``model.pt``; a CTC head of another vocabulary size is left freshly initialised.
     """
+    build = functools.partial(
+        LassModel,
+        vocab_size=len(vocab),
+        languages=vocab.languages,
+        scope=cfg.scope,
+        lid_head=cfg.lid_head,
+        lid_input=cfg.lid_input,
+    )
     if init_from is not None and init_from.is_dir():
         from model.checkpoint_hf import load_hf_wav2vec2
 
         backbone, state, _ = load_hf_wav2vec2(init_from)
-        model = LassModel(
-            backbone, len(vocab), vocab.languages, cfg.scope, cfg.lid_head, cfg.lid_input
-        )
+        model = build(backbone)
         _load_compatible(model, state)
         return model
     if init_from is not None:
         art = load_artifact(init_from)
-        model = LassModel(
-            art.model.config, len(vocab), vocab.languages, cfg.scope, cfg.lid_head, cfg.lid_input
-        )
+        model = build(art.model.config)
         _load_compatible(model, art.model.state_dict())
         return model
     with torch.random.fork_rng():  # the same seed gives the same weights, in any process
         torch.manual_seed(cfg.seed)
-        backbone = backbone_config(cfg)
-        return LassModel(
-            backbone, len(vocab), vocab.languages, cfg.scope, cfg.lid_head, cfg.lid_input
-        )
+        return build(backbone_config(cfg))
 
 
 def _load_compatible(model: LassModel, state: dict[str, Tensor]) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from model.config import LidInput
+
 Method = Literal["lass", "dense", "dense_adapt", "adapters"]
 STAGES: tuple[str, ...] = (
     "corpus",
@@ -161,7 +163,7 @@ class ModelConfig:
     lid_head: bool = True
     # What the LID head reads: "encoder" (a dense transformer pass; accurate) or "features"
     # (the conv features' statistics; no transformer pass, far less accurate).
-    lid_input: Literal["encoder", "features"] = "encoder"
+    lid_input: LidInput = "encoder"
     seed: int = 0  # initialisation of a new model
 
 

@@ -58,12 +58,6 @@ def test_default_bundle_is_small_trained_and_multilingual(bundle: Bundle) -> Non
     assert bundle.model.lid_head is not None
 
 
-# Languages whose fresh sentence the shipped model still gets wrong by more than 25 % CER,
-# with the figure measured on it (docs/model-card.md says why and what closes the gap).
-# Strict: once a retrained bundle passes one, its entry must go.
-SHORT_OF_TARGET: dict[str, str] = {}
-
-
 @pytest.fixture(scope="module")
 def fresh_report(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fresh")
@@ -81,15 +75,7 @@ def test_fresh_sentences_cover_every_language(bundle: Bundle) -> None:
     assert set(bundle.model.languages) == set(FRESH)
 
 
-@pytest.mark.parametrize(
-    "lang",
-    [
-        pytest.param(lang, marks=pytest.mark.xfail(strict=True, reason=SHORT_OF_TARGET[lang]))
-        if lang in SHORT_OF_TARGET
-        else lang
-        for lang in FRESH
-    ],
-)
+@pytest.mark.parametrize("lang", list(FRESH))
 def test_transcribes_an_unseen_sentence(fresh_report: dict[str, Any], lang: str) -> None:
     cer = fresh_report["languages"][lang]["cer"]["greedy"]
     said = [u for u in fresh_report["utterances"] if u["language"] == lang]

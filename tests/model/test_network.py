@@ -311,6 +311,8 @@ def test_lid_input_is_checked_and_a_head_can_be_replaced() -> None:
     assert model.lid_input == "encoder" and model.lid_head is not None
     assert model.lid_head.norm.normalized_shape == (model.config.encoder_embed_dim,)
     assert "lid_head.frame.0.weight" in model.state_dict()
+    model.eval().replace_lid_head("features")  # a new head follows the model's mode
+    assert model.lid_head is not None and not model.lid_head.training
     with pytest.raises(ValueError, match="lid_input"):
         model.replace_lid_head("spectrogram")
     no_languages = LassModel(micro_config(), vocab_size=12, languages=[])
