@@ -109,6 +109,31 @@ SPECS: dict[str, MetricSpec] = {
             ("reason",),
         ),
         MetricSpec(
+            "lass_stream_active", "gauge", "Open streams (WebSocket), by protocol.", ("protocol",)
+        ),
+        MetricSpec(
+            "lass_stream_partial_latency_seconds",
+            "histogram",
+            "From a stream's oldest uncovered audio's arrival to the partial that covers it.",
+        ),
+        MetricSpec(
+            "lass_stream_final_latency_seconds",
+            "histogram",
+            "From the arrival of the audio that ended an utterance to its final transcript.",
+        ),
+        MetricSpec(
+            "lass_stream_audio_seconds",
+            "counter",
+            "Seconds of streamed speech finalized, by the utterance's language.",
+            ("language",),
+        ),
+        MetricSpec(
+            "lass_stream_closes",
+            "counter",
+            "Streams closed, by protocol and reason (normal, client_gone, idle_timeout, ...).",
+            ("protocol", "reason"),
+        ),
+        MetricSpec(
             "lass_model",
             "info",
             "The loaded bundle (path, languages), device, dtype and lass version.",
@@ -171,6 +196,14 @@ class ServiceMetrics:
         self.rejected = counter("lass_rejected_requests")
         depth = spec("lass_queue_depth")
         self.queue_depth = Gauge(depth.name, depth.help, registry=self.registry)
+        active = spec("lass_stream_active")
+        self.stream_active = Gauge(active.name, active.help, active.labels, registry=self.registry)
+        self.stream_partial_latency = histogram(
+            "lass_stream_partial_latency_seconds", QUEUE_BUCKETS
+        )
+        self.stream_final_latency = histogram("lass_stream_final_latency_seconds", QUEUE_BUCKETS)
+        self.stream_audio_seconds = counter("lass_stream_audio_seconds")
+        self.stream_closes = counter("lass_stream_closes")
         info = spec("lass_model")
         self.model_info = Info(info.name, info.help, registry=self.registry)
 
@@ -220,6 +253,22 @@ class ServiceMetrics:
         """A request refused before inference: ``queue_full``, ``too_large``, ``too_long``,
         ``timeout``, ``unsupported_audio``, ``bad_request``..."""
         self.rejected.labels(reason=reason).inc()
+
+    def stream_opened(self, protocol: str) -> None:
+        self.stream_active.labels(protocol=protocol).inc()
+
+    def stream_closed(self, protocol: str, reason: str) -> None:
+        self.stream_active.labels(protocol=protocol).dec()
+        self.stream_closes.labels(protocol=protocol, reason=reason).inc()
+
+    def observe_partial_latency(self, seconds: float) -> None:
+        self.stream_partial_latency.observe(seconds)
+
+    def observe_final_latency(self, seconds: float) -> None:
+        self.stream_final_latency.observe(seconds)
+
+    def add_stream_audio(self, language: str, seconds: float) -> None:
+        self.stream_audio_seconds.labels(language=language).inc(seconds)
 
     def set_model_info(
         self, bundle: str, languages: Sequence[str], device: str, dtype: str
