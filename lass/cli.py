@@ -35,10 +35,12 @@ def main(
 
 def _register() -> None:
     from bench.cli import app as bench_app
+    from lass.client import register as register_client
     from model.train.cli import app as train_app
     from service.cli import register as register_serve
 
     register_serve(app)
+    register_client(app)
     app.add_typer(
         train_app, name="train", help="Offline trainer: corpus to bundle, stage by stage."
     )

@@ -25,8 +25,9 @@ from service.context import AppContext
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
-from service.routers import health, languages, metrics, models, transcriptions
+from service.routers import health, languages, metrics, models, realtime, stream, transcriptions
 from service.settings import Settings
+from service.streaming.channel import StreamRegistry
 
 log = logging.getLogger("lass.service")
 
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service_metrics = ServiceMetrics()
     engine = Engine(settings, service_metrics)
-    ctx = AppContext(settings, engine, service_metrics)
+    ctx = AppContext(settings, engine, service_metrics, StreamRegistry(settings.max_streams))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (health, transcriptions, models, languages, metrics):
+    for module in (health, transcriptions, models, languages, metrics, stream, realtime):
         app.include_router(module.router)
 
     def on_too_large(exc: AudioError) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.engine import Engine
     from service.metrics import ServiceMetrics
+    from service.streaming.channel import StreamRegistry
 
 
 @dataclass
@@ -21,9 +22,10 @@ class AppContext:
     settings: Settings
     engine: Engine
     metrics: ServiceMetrics
+    streams: StreamRegistry
 
 
-def get_context(request: Request) -> AppContext:
-    """FastAPI dependency: the app's context."""
-    ctx: AppContext = request.app.state.ctx
+def get_context(connection: HTTPConnection) -> AppContext:
+    """FastAPI dependency (HTTP and WebSocket routes alike): the app's context."""
+    ctx: AppContext = connection.app.state.ctx
     return ctx

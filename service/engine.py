@@ -37,7 +37,7 @@ from service.batcher import (
 )
 from service.chunking import Chunk, plan_chunks, stitch
 from service.settings import Settings
-from service.vad import SileroVad, load_splitter, plan_pieces
+from service.vad import SileroVad, load_vad, plan_pieces
 from service.worker import ModelWorker
 
 log = logging.getLogger("lass.engine")
@@ -147,7 +147,8 @@ class Engine:
         )
         # silero-vad keeps state: one thread runs it, off the event loop.
         self._vad_thread = ThreadPoolExecutor(1, thread_name_prefix="lass-vad")
-        self.splitter: SileroVad | None = None
+        self.vad: SileroVad | None = None  # streams' endpointing
+        self.splitter: SileroVad | None = None  # long audio's cuts (LASS_LONG_AUDIO_SPLIT=vad)
         # Long-audio pieces, in samples.
         self._window = int(settings.chunk_seconds * SAMPLE_RATE)
         self._overlap = int(settings.chunk_overlap_seconds * SAMPLE_RATE)
@@ -193,8 +194,9 @@ class Engine:
         """Start the scheduler and load the model in the background."""
         has_bundle = self.check_bundle()
         # Here, before the model and VAD threads exist (~50 ms): silero's import sets torch's
-        # thread count, which threads started later inherit; load_splitter puts it back.
-        self.splitter = load_splitter(self.settings.long_audio_split)
+        # thread count, which threads started later inherit; load_vad puts it back.
+        self.vad = load_vad()
+        self.splitter = self.vad if self.settings.long_audio_split == "vad" else None
         self.batcher.start()
         if has_bundle:
             self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load")
@@ -442,6 +444,45 @@ class Engine:
         assert self.splitter is not None
         silences = self.splitter.silences(samples)
         return plan_pieces(len(samples), silences, self._window, self._overlap)
+
+    # ------------------------------------------------------------ streams
+    @property
+    def frame_samples(self) -> int:
+        """Samples per model frame, from the served bundle's conv strides."""
+        worker = self._require_ready()
+        return worker.model.config.frame_stride
+
+    async def stream_logits(
+        self, samples: np.ndarray, language: str, request_id: str = ""
+    ) -> np.ndarray:
+        """Logits ``[F, V]`` of one stream window (16 kHz ``samples [T]``), through the same
+        batcher as file requests, so windows of many streams share mixed-language batches.
+        Its deadline is short: a partial that cannot run soon is worth nothing."""
+        worker = self._require_ready()
+        if language not in worker.languages:
+            raise ValueError(f"unknown language {language!r}")
+        deadline = time.monotonic() + self.settings.stream_partial_timeout_s
+        item = WorkItem(samples, len(samples), language, "asr", deadline, request_id)
+        (result,) = await self._submit([item])
+        logits: np.ndarray = result.output.logits
+        return logits
+
+    async def greedy(self, logits: np.ndarray, language: str) -> Transcript:
+        """Greedy CTC decoding of ``logits [F, V]`` in the decode pool."""
+        loop = asyncio.get_running_loop()
+        options = DecodeOptions()
+        return await loop.run_in_executor(
+            self._decode_pool, self._decode, logits, language, options
+        )
+
+    async def speech_probabilities(self, context: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """silero-vad's speech probability per 512-sample frame of ``block`` (VAD thread)."""
+        if self.vad is None:
+            raise NotReadyError("silero-vad could not be loaded: streaming is unavailable")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._vad_thread, self.vad.block_probabilities, context, block
+        )
 
     def _decode(self, logits: np.ndarray, language: str, options: DecodeOptions) -> Transcript:
         """CTC-decode one utterance's stitched ``logits [F, V]`` (runs in the decode pool)."""

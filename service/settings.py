@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     max_upload_bytes: Annotated[int, Field(ge=1)] = 25 * 1024 * 1024
     max_audio_seconds: Annotated[float, Field(gt=0)] = 1800.0
 
+    # Streaming (WS /v1/stream and /v1/realtime): see docs/streaming.md.
+    max_streams: Annotated[int, Field(ge=1, description="concurrent streams before 1013")] = 64
+    stream_idle_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    stream_max_duration_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    stream_max_frame_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    # Received audio not yet processed, in seconds: a client sending faster than real time
+    # is slowed down (the socket is not read) once this much is waiting.
+    stream_buffer_s: Annotated[float, Field(gt=0)] = 10.0
+    stream_max_utterance_s: Annotated[float, Field(ge=1)] = 20.0
+    stream_silence_ms: Annotated[int, Field(ge=0)] = 400
+    stream_partial_interval_ms: Annotated[int, Field(ge=50)] = 400
+    stream_partial_context_s: Annotated[float, Field(ge=0)] = 2.0
+    stream_partial_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    stream_lid_seconds: Annotated[float, Field(gt=0)] = 1.0
+
     # Decoding: greedy is the fast path; beam search is used when asked for, when the
     # request carries hotwords, or always with decoder="beam".
     decoder: Literal["greedy", "beam"] = "greedy"

@@ -97,6 +97,21 @@ class SileroVad:
         kept = torch.cat(out)
         return kept[:frames].float().numpy()
 
+    def block_probabilities(self, context: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """Speech probability per VAD frame of ``block [n]`` (``n`` a multiple of 512), from a
+        fresh state warmed up on ``context`` (the audio just before it, at most
+        ``WARMUP_SAMPLES`` used; zeros stand in for what a stream's start lacks): the same
+        rule as the rows of :meth:`speech_probabilities`, for audio that arrives in blocks."""
+        if len(block) % VAD_FRAME:
+            raise ValueError(f"block length {len(block)} is not a multiple of {VAD_FRAME}")
+        row = np.zeros(WARMUP_SAMPLES + len(block), dtype=np.float32)
+        warm = context[-WARMUP_SAMPLES:]
+        row[WARMUP_SAMPLES - len(warm) : WARMUP_SAMPLES] = warm
+        row[WARMUP_SAMPLES:] = block
+        with torch.inference_mode():
+            probs = self.model.audio_forward(torch.from_numpy(row)[None], SAMPLE_RATE)
+        return probs[0, WARMUP_SAMPLES // VAD_FRAME :].float().numpy()
+
     def silences(
         self,
         samples: np.ndarray,
@@ -192,17 +207,15 @@ def plan_pieces(
     return [Chunk(i, *span) for i, span in enumerate(spans)]
 
 
-def load_splitter(mode: str) -> SileroVad | None:
-    """The VAD for ``LASS_LONG_AUDIO_SPLIT=vad``; None (overlapping windows) otherwise or
-    when silero-vad cannot be loaded (logged)."""
-    if mode != "vad":
-        return None
+def load_vad() -> SileroVad | None:
+    """silero-vad for streams and long audio; None when it cannot be loaded (logged: long
+    audio then falls back to overlapping windows and streams are refused)."""
     try:
         return SileroVad.load()
     except Exception as exc:
         log.warning(
             "silero-vad could not be loaded (%s: %s); long audio is cut into overlapping "
-            "windows instead",
+            "windows instead, and streaming is off",
             type(exc).__name__,
             exc,
         )

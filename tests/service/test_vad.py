@@ -17,7 +17,7 @@ import soundfile as sf
 from service.chunking import FRAME_SAMPLES, Chunk, stitch
 from service.engine import Engine
 from service.settings import Settings
-from service.vad import SileroVad, load_splitter, plan_pieces
+from service.vad import SileroVad, load_vad, plan_pieces
 from service.worker import AsrOutput
 from tests.conftest import REPO, Utterance
 
@@ -150,9 +150,8 @@ def test_fallback_to_windows_when_silero_cannot_load(
 ) -> None:
     monkeypatch.setitem(sys.modules, "silero_vad", None)  # import silero_vad -> ImportError
     with caplog.at_level(logging.WARNING, logger="lass.vad"):
-        assert load_splitter("vad") is None
+        assert load_vad() is None
     assert "overlapping windows" in caplog.text
-    assert load_splitter("windows") is None
 
 
 # ------------------------------------------------------------ the engine path
