@@ -1,11 +1,19 @@
 """Audio input: any upload -> float32 mono samples at 16 kHz, with HTTP-ready errors.
 
 ``decode_audio`` sniffs the container from its first bytes (the filename and content type
-are only hints: clients lie about both), reads WAV/FLAC through soundfile (fast path) and
-everything else (mp3, ogg/opus/vorbis, webm, m4a/mp4, ...) through PyAV, averages the
-channels and resamples to 16 kHz with PyAV's swresample (measured faster than
+are only hints: clients lie about both) and opens it only if it is one of
+``ALLOWED_CONTAINERS``; it reads WAV/FLAC through soundfile (fast path) and the others
+(mp3, ogg/opus/vorbis, webm/matroska, mp4/m4a/mov, aac/adts, aiff, caf) through PyAV,
+averages the channels and resamples to 16 kHz with PyAV's swresample (measured faster than
 ``torchaudio.functional.resample`` for a 4 s clip from 22.05/44.1/48 kHz; see
 docs/benchmarks.md). ``decode_pcm`` reads raw s16le.
+
+Why an allow-list: FFmpeg picks a demuxer by probing the bytes, and some demuxers open
+other things: a concat list (``ffconcat``) or an HLS playlist opens the files it names, an
+SDP description binds UDP ports. An upload is therefore opened with one explicit demuxer
+from the allow-list, reading only the in-memory bytes, with no protocol allowed for
+nested opens (``_DEMUXER_OPTIONS``); error messages never carry FFmpeg's text about
+files (docs/reliability.md).
 
 Upload size: ``BodySizeLimitMiddleware`` (ASGI) and ``read_limited`` count bytes as they
 stream in and stop at the limit, so an oversized upload is never held in memory.
@@ -103,9 +111,57 @@ class DecodedAudio:
     codec: str
 
 
+# Containers lass opens, each with the one FFmpeg demuxer that reads it. None of these
+# demuxers opens another file or a network stream (mov's external data references are off:
+# ``enable_drefs``). Anything else (concat lists, playlists, SDP, image sequences, ...)
+# is refused before FFmpeg sees it.
+ALLOWED_CONTAINERS: dict[str, str] = {
+    "wav": "wav",
+    "flac": "flac",
+    "mp3": "mp3",
+    "ogg": "ogg",
+    "webm": "matroska",
+    "matroska": "matroska",
+    "mp4": "mov",  # mp4, m4a, mov, 3gp: one demuxer
+    "aac": "aac",  # ADTS
+    "aiff": "aiff",
+    "caf": "caf",
+}
+# Options for every demuxer: a protocol allow-list naming no real protocol, so a nested
+# open (which needs a protocol: file, http, udp, ...) always fails; only the demuxers above
+# may be used, also by anything nested; mov/mp4 must not follow external references.
+# The main input is the in-memory stream PyAV passes as custom I/O, which needs none.
+_DEMUXER_OPTIONS: dict[str, str] = {
+    "protocol_whitelist": "none",
+    "format_whitelist": ",".join(sorted(set(ALLOWED_CONTAINERS.values()))),
+    "enable_drefs": "0",
+    "use_absolute_path": "0",
+}
+# Box types that start a QuickTime/ISO media file (mp4, m4a, mov, 3gp).
+_MP4_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+_SUPPORTED = (
+    "wav, flac, mp3, ogg (opus, vorbis, flac), webm/matroska, mp4/m4a/mov, aac (adts), aiff, caf"
+)
+
+
+def _id3_size(head: bytes) -> int | None:
+    """Bytes of an ID3v2 tag at the start of ``head`` (header and footer included)."""
+    if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
+        return None
+    size = 0
+    for b in head[6:10]:  # four 7-bit bytes ("synchsafe")
+        size = size << 7 | b
+    footer = 10 if head[5] & 0x10 else 0
+    return 10 + size + footer
+
+
 def sniff_format(head: bytes) -> str | None:
-    """Container name from the first bytes (>= 12 needed), or None when unknown."""
-    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+    """Container name (a key of ``ALLOWED_CONTAINERS``) from the first bytes, or None.
+
+    ``head``: the file's first bytes (>= 12 needed; for mp3/aac behind an ID3 tag, the
+    bytes after the tag as well: ``decode_audio`` reads them).
+    """
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
         return "wav"
     if head[:4] == b"fLaC":
         return "flac"
@@ -113,11 +169,39 @@ def sniff_format(head: bytes) -> str | None:
         return "ogg"
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "webm" if b"webm" in head[:64] else "matroska"
-    if head[4:8] == b"ftyp":
+    if head[4:8] in _MP4_BOXES:
         return "mp4"
-    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[:4] == b"caff":
+        return "caf"
+    tag = _id3_size(head)
+    if tag is not None:
+        # What follows the tag: ADTS AAC or FLAC may carry one too; else mp3's demuxer
+        # (which resyncs past junk) decides.
+        after = sniff_format(head[tag:]) if len(head) >= tag + 4 else None
+        return after if after in ("aac", "flac") else "mp3"
+    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        # 11 sync bits; then the layer field (bits 2-1) is 0 for ADTS, 1-3 for mpeg audio
+        layer = (head[1] >> 1) & 0x3
+        if layer == 0:
+            return "aac" if head[1] & 0xF0 == 0xF0 else None
         return "mp3"
     return None
+
+
+def _sniff_source(source: BinaryIO) -> tuple[bytes, str | None]:
+    """(first bytes, ``sniff_format`` of the upload), reading past an ID3 tag when it is
+    longer than the first 64 bytes (tags may hold cover art); leaves ``source`` at 0."""
+    head = source.read(64)
+    fmt = sniff_format(head)
+    tag = _id3_size(head)
+    if tag is not None and tag > len(head) - 4:
+        source.seek(tag)
+        after = sniff_format(source.read(16))
+        fmt = after if after in ("aac", "flac") else "mp3"
+    source.seek(0)
+    return head, fmt
 
 
 def _too_long(seconds: float, max_duration: float) -> AudioTooLongError:
@@ -252,18 +336,31 @@ def _decode_soundfile(
     return _finish(mono, fmt, codec)
 
 
-def _decode_pyav(source: BinaryIO, fmt: str | None, max_duration: float | None) -> DecodedAudio:
-    """Any container/codec FFmpeg knows; stops as soon as ``max_duration`` is passed."""
+def _ffmpeg_reason(exc: Exception) -> str:
+    """FFmpeg's reason without the file name PyAV appends (it names nothing of ours, but
+    an error must never echo a path)."""
+    reason = getattr(exc, "strerror", None)
+    return str(reason) if isinstance(reason, str) and reason else "invalid data"
+
+
+def _decode_pyav(source: BinaryIO, fmt: str, max_duration: float | None) -> DecodedAudio:
+    """A container of ``ALLOWED_CONTAINERS`` through FFmpeg, with that container's demuxer
+    only; stops as soon as ``max_duration`` is passed."""
+    demuxer = ALLOWED_CONTAINERS[fmt]
     try:
-        container = av.open(source, mode="r", metadata_errors="ignore")
+        container = av.open(
+            source, mode="r", format=demuxer, options=_DEMUXER_OPTIONS, metadata_errors="ignore"
+        )
     except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
-        raise UnsupportedAudioError(f"could not read the file as audio: {exc}") from exc
+        raise UnsupportedAudioError(
+            f"could not read the file as {fmt}: {_ffmpeg_reason(exc)}"
+        ) from exc
     with container:
         if not container.streams.audio:
             raise UnsupportedAudioError("the file has no audio stream")
         stream = container.streams.audio[0]
         codec = stream.codec_context.codec.canonical_name  # "mp3", not decoder "mp3float"
-        name = fmt or container.format.name.split(",")[0]
+        name = fmt
         if max_duration is not None and container.duration is not None:
             declared = container.duration / av.time_base
             if declared > max_duration + 1.0:  # metadata is approximate: 1 s grace
@@ -303,7 +400,9 @@ def _decode_pyav(source: BinaryIO, fmt: str | None, max_duration: float | None) 
             # yields nothing is not audio we can read. (ValueError: a mid-stream layout
             # change, which PyAV's resampler and _MonoStream refuse.)
             if mono is None or mono.frames == 0:
-                raise UnsupportedAudioError(f"could not decode the audio: {exc}") from exc
+                raise UnsupportedAudioError(
+                    f"could not decode the {fmt} audio: {_ffmpeg_reason(exc)}"
+                ) from exc
     if mono is None:
         raise EmptyAudioError("the file contains no audio samples")
     return _finish(mono, name, codec)
@@ -322,24 +421,29 @@ def decode_audio(
     Raises EmptyAudioError (400), UnsupportedAudioError (415) or AudioTooLongError (413).
     """
     source: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-    head = source.read(64)
-    source.seek(0)
+    head, fmt = _sniff_source(source)
     if not head:
         raise EmptyAudioError("the uploaded file is empty")
-    fmt = sniff_format(head)
-    if fmt in ("wav", "flac"):
-        decoded = _decode_soundfile(source, fmt, max_duration)
-        if decoded is not None:
-            return decoded
-        source.seek(0)
     try:
+        if fmt is None:
+            raise UnsupportedAudioError(f"not an audio format lass reads ({_SUPPORTED})")
+        if fmt in ("wav", "flac"):
+            decoded = _decode_soundfile(source, fmt, max_duration)
+            if decoded is not None:
+                return decoded
+            source.seek(0)
         return _decode_pyav(source, fmt, max_duration)
     except UnsupportedAudioError as exc:
-        hint = ", ".join(x for x in (filename, content_type) if x)
+        hint = ", ".join(_echo(x) for x in (filename, content_type) if x)
         if hint:
             exc.message = f"{exc.message} ({hint})"
             exc.args = (exc.message,)
         raise
+
+
+def _echo(text: str, limit: int = 100) -> str:
+    """A client-supplied string, cut to ``limit`` characters, for an error message."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def decode_pcm(
