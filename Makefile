@@ -19,10 +19,12 @@ PY := $(VENV)/bin/python
 # Debian packages the service needs at run time (none beyond the wheels yet;
 # espeak-ng lets `lass train corpus` synthesize speech on the serving image too).
 RUN_APT := espeak-ng
-# ... and what tests, the trainer's corpus builder and metric checks need.
+# ... and what tests, the trainer's corpus builder and metric checks need. debconf-doc is
+# unrelated text (pages in man5, man7, fr): tests/train/test_text_sources.py checks that
+# installing it changes no language's sentence pool.
 TEST_APT := espeak-ng sox prometheus chromium chromium-driver \
 	fortunes-min fortunes-de fortunes-it fortunes-es fortunes-pl fortunes-ru fortunes-cs fortunes-br \
-	fortunes-bg fortunes-eo manpages manpages-fr manpages-nl manpages-sv manpages-fi
+	fortunes-bg fortunes-eo manpages manpages-fr manpages-nl manpages-sv manpages-fi debconf-doc
 SPEC := $(shell (cat pyproject.toml; echo "$(RUN_APT) $(TEST_APT)") | sha256sum | cut -c1-12)
 RUN_STAMP := $(VENV)/.stamp-run-$(SPEC)
 DEV_STAMP := $(VENV)/.stamp-dev-$(SPEC)

@@ -17,6 +17,10 @@ Output folder::
     train.jsonl dev.jsonl test.jsonl                   manifests (paths relative)
     text/<lang>.txt                                    train sentences, for n-gram LMs
     corpus.json                                        config, sizes, alphabets, sources
+
+Each language's ``source`` in corpus.json names where its sentences came from (Debian
+packages with their installed versions, or the text file) and the sha256 of the cleaned
+pool, so a later rebuild can tell whether it speaks the same sentences.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from model.train.data.text_sources import (
     CleaningConfig,
     clean_sentences,
     load_language_text,
+    pool_sha256,
 )
 from model.train.progress import progress_bar
 
@@ -196,9 +201,15 @@ def _texts(config: SyntheticCorpusConfig, language: str) -> tuple[list[str], dic
     else:
         clean = load_language_text(language, config=config.cleaning)
         src = SOURCES[language]
-        source = {"debian_packages": list(src.debian_packages)}
+        source = {
+            "debian_packages": list(src.debian_packages),
+            # Another version may hold other text: the pool and its seeded split change.
+            "package_versions": src.package_versions(),
+        }
     source["dropped"] = dict(clean.dropped)
     source["sentences_available"] = len(clean.sentences)
+    # The split shuffles the whole pool: one hash says whether a rebuild can match.
+    source["pool_sha256"] = pool_sha256(clean.sentences)
     return clean.sentences, source
 
 

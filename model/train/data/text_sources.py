@@ -8,6 +8,11 @@ Sources (all Debian packages; see ``TEST_APT`` in the Makefile):
   fr, nl, sv, fi. Their sentences are technical ("show this help and exit") but
   real, grammatical text written by people.
 
+A source reads exactly the files its named packages installed (``dpkg-query -L``) that lie
+under its parts, never a folder listing: /usr/share/man/man7 or /usr/share/man/fr is
+filled by every installed package (dpkg itself ships French pages), so a listing would
+make the sentence pool, and the seeded split drawn from it, depend on the machine.
+
 Cleaning keeps sentences a TTS voice can say and a character-level CTC model can
 learn: split into sentences, drop any with digits, URLs, e-mail, markup or other
 symbols, or letters outside the language's script; strip punctuation except the
@@ -17,7 +22,9 @@ in-word apostrophe; lowercase; keep 3..15 words; deduplicate.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
+import subprocess
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,41 +42,97 @@ class TextSource:
     language: str  # our language code (also the manifest's ``language``)
     espeak_voice: str  # espeak-ng voice for this language
     script: str  # Unicode script prefix of the letters allowed, e.g. "LATIN", "CYRILLIC"
-    debian_packages: tuple[str, ...]
+    debian_packages: tuple[str, ...]  # only files these packages installed are read
     parts: tuple[tuple[str, str], ...]  # (kind, file or folder); kind "fortune" or "manpage"
     # Translated manual pages keep some paragraphs in English: drop English-looking sentences.
     filter_english: bool = False
 
     def documents(self) -> Iterator[str]:
         """Yield raw text blocks (one fortune, or one paragraph of a manual page)."""
-        for kind, file in self.files():
-            text = _read_text(file)
-            if kind == "fortune":
-                yield from _fortune_blocks(text)
-            elif kind == "manpage":
-                yield from _manpage_paragraphs(text)
-            else:
-                raise ValueError(f"unknown text source kind {kind!r}")
+        return read_documents(self.files())
 
     def files(self) -> list[tuple[str, Path]]:
-        """Existing (kind, file) pairs, sorted (deterministic), UTF-8 ``.u8`` twins preferred."""
+        """(kind, file) pairs of the files the source's packages installed under its parts,
+        sorted (deterministic), UTF-8 ``.u8`` twins preferred."""
+        owned = {p for package in self.debian_packages for p in package_files(package)}
         chosen: set[tuple[str, Path]] = set()
         for kind, raw in self.parts:
-            path = Path(raw)
-            found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-            for file in found:
+            part = Path(raw)
+            for file in sorted(p for p in owned if p == part or part in p.parents):
                 if not file.is_file() or file.suffix == ".dat":  # .dat: strfile index
                     continue
                 if file.stat().st_size == 0:
                     continue  # fortunes-pl ships empty .u8 placeholders
                 twin = file.with_name(file.name + ".u8")
                 # A non-empty .u8 twin holds the same cookies as UTF-8.
-                use_twin = file.suffix != ".u8" and twin.is_file() and twin.stat().st_size > 0
-                chosen.add((kind, (twin if use_twin else file).resolve()))
+                use_twin = (
+                    file.suffix != ".u8"
+                    and twin in owned
+                    and twin.is_file()
+                    and twin.stat().st_size > 0
+                )
+                target = (twin if use_twin else file).resolve()
+                # A link the package ships may point at a file another package owns.
+                if target in owned:
+                    chosen.add((kind, target))
         return sorted(chosen)
+
+    def package_versions(self) -> dict[str, str | None]:
+        """Installed version of each named package (None: not installed)."""
+        return {package: package_version(package) for package in self.debian_packages}
 
     def available(self) -> bool:
         return bool(self.files())
+
+
+def package_files(package: str) -> set[Path]:
+    """Every path an installed Debian package owns (``dpkg-query -L``); empty when the
+    package is not installed or the system has no dpkg."""
+    try:
+        listed = subprocess.run(
+            ["dpkg-query", "-L", package], capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        return set()
+    if listed.returncode != 0:
+        return set()
+    # Other lines ("diverted by ...", "package diverts others to: ...") are not paths.
+    return {Path(line) for line in listed.stdout.splitlines() if line.startswith("/")}
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of a Debian package (``dpkg-query -W``), None if not installed."""
+    try:
+        queried = subprocess.run(
+            ["dpkg-query", "-W", "-f=${db:Status-Status} ${Version}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        return None
+    status, _, version = queried.stdout.partition(" ")
+    # dpkg also knows removed packages (status "not-installed" or "config-files").
+    if queried.returncode != 0 or status != "installed":
+        return None
+    return version.strip()
+
+
+def pool_sha256(sentences: Sequence[str]) -> str:
+    """sha256 of a sentence pool joined with newlines: equal pools, equal seeded splits."""
+    return hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()
+
+
+def read_documents(files: Iterable[tuple[str, Path]]) -> Iterator[str]:
+    """Raw text blocks of (kind, file) pairs: one fortune, or one paragraph of a manual page."""
+    for kind, file in files:
+        text = _read_text(file)
+        if kind == "fortune":
+            yield from _fortune_blocks(text)
+        elif kind == "manpage":
+            yield from _manpage_paragraphs(text)
+        else:
+            raise ValueError(f"unknown text source kind {kind!r}")
 
 
 def _fortunes(*names: str) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,68 @@
+"""Text sources read only the files their named Debian packages installed: whatever else the
+machine has installed never changes a language's sentence pool, hence its seeded split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model.train.data.text_sources import (
+    SOURCES,
+    TextSource,
+    clean_sentences,
+    load_language_text,
+    package_files,
+    pool_sha256,
+    read_documents,
+)
+
+# Installed by TEST_APT for this test only: it has nothing to do with our text sources, but
+# puts English pages in /usr/share/man/man5 and man7 and French ones in /usr/share/man/fr,
+# where the en and fr sources read (as dpkg, apt and most other packages do).
+UNRELATED = "debconf-doc"
+
+
+def _under_parts(path: Path, source: TextSource) -> bool:
+    return any(path == Path(raw) or Path(raw) in path.parents for _, raw in source.parts)
+
+
+def _pool(source: TextSource, files: list[tuple[str, Path]]) -> list[str]:
+    documents = read_documents(files)
+    return clean_sentences(
+        documents, source.language, source.script, filter_english=source.filter_english
+    ).sentences
+
+
+def test_every_source_reads_only_files_its_packages_installed() -> None:
+    for lang, source in SOURCES.items():
+        owned = {p for package in source.debian_packages for p in package_files(package)}
+        files = source.files()
+        assert files, (lang, "no files: are its Debian packages installed?")
+        assert files == sorted(files)
+        assert all(path in owned and _under_parts(path, source) for _, path in files), lang
+        # Fortune files with a non-empty UTF-8 twin are read through the twin (fortunes-min's
+        # twins are links back to the file itself).
+        for _, path in files:
+            twin = path.with_name(path.name + ".u8")
+            if path.suffix != ".u8" and twin in owned and twin.stat().st_size > 0:
+                assert twin.resolve() == path, (lang, path)
+
+
+def test_an_unrelated_package_leaves_every_pool_unchanged() -> None:
+    foreign = {p for p in package_files(UNRELATED) if p.is_file()}
+    assert foreign, f"{UNRELATED} is not installed: `make setup-dev` installs it (TEST_APT)"
+    for lang in ("en", "fr"):
+        source = SOURCES[lang]
+        files = source.files()
+        pool = load_language_text(lang).sentences
+        # Its pages lie where this language reads, with sentences the cleaning keeps: taken
+        # into account (as a folder listing would), they change the pool ...
+        pages = [("manpage", p) for p in sorted(foreign) if _under_parts(p, source)]
+        assert pages, (lang, f"{UNRELATED} no longer puts pages under {source.parts}")
+        assert pool_sha256(_pool(source, sorted(files + pages))) != pool_sha256(pool), lang
+        # ... while the pool we build is the one without them, byte for byte.
+        without = [(kind, path) for kind, path in files if path not in foreign]
+        assert pool_sha256(pool) == pool_sha256(_pool(source, without)), lang
+    # No other language reads any of its files either.
+    for lang, source in SOURCES.items():
+        read = [path for _, path in source.files() if path in foreign]
+        assert not read, (lang, read[:3])
