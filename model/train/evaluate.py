@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, gr
 from model.network import LassModel
 from model.train.data.audio_io import AudioError, load_audio
 from model.train.data.manifest import ManifestEntry, manifest_root, read_manifest
+from model.train.paths import recorded_path
 from model.train.progress import progress_bar
 from model.vocab import Vocabulary
 
@@ -142,6 +143,7 @@ class _Item:
     entry: ManifestEntry
     path: Path
     reference: str
+    name: str  # how the report names the audio file
 
 
 def _select(
@@ -151,6 +153,7 @@ def _select(
     model_languages: Sequence[str],
     languages: Sequence[str] | None,
     skipped: Counter[str],
+    name: Callable[[Path], str],
 ) -> list[_Item]:
     wanted = set(languages) if languages is not None else None
     known = set(model_languages) & set(vocab.languages)
@@ -165,7 +168,8 @@ def _select(
         if not reference:
             skipped["empty reference"] += 1
             continue
-        items.append(_Item(e, e.audio_path(root), reference))
+        path = e.audio_path(root)
+        items.append(_Item(e, path, reference, name(path)))
     # Longest first keeps padding low; the tie-break makes the order independent of input.
     items.sort(key=lambda it: (-it.entry.duration, it.entry.language, str(it.path)))
     return items
@@ -185,6 +189,7 @@ def evaluate(
     beam_config: BeamConfig | None = None,
     keep_utterances: bool = True,
     progress: bool = False,
+    relative_to: Path | None = None,
 ) -> EvalReport:
     """Transcribe ``entries`` (a manifest path or entries) and score them per language.
 
@@ -195,6 +200,8 @@ def evaluate(
     ``device``: where the batches go (default: the model's device; the model is not moved).
     Unreadable audio, empty references and unknown languages are skipped and counted.
     ``progress``: show a progress bar on stderr, in seconds of audio, with an ETA.
+    ``relative_to``: name audio files and LMs in the report relative to this folder (the
+    trainer passes its work folder, see ``model.train.paths``), else as given.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -205,7 +212,11 @@ def evaluate(
     root = root or Path.cwd()
     lm_paths = dict(lm_paths or {})
     skipped: Counter[str] = Counter()
-    items = _select(entries, root, vocab, model.languages, languages, skipped)
+
+    def name(path: Path) -> str:
+        return str(path) if relative_to is None else recorded_path(path, relative_to)
+
+    items = _select(entries, root, vocab, model.languages, languages, skipped, name)
 
     config = beam_config or BeamConfig(beam_width=beam_width)
     beams = BeamDecoders(vocab, lm_paths, config)
@@ -246,12 +257,12 @@ def evaluate(
         settings={
             "beam": asdict(config),
             "batch_size": batch_size,
-            "lm": {k: str(v) for k, v in sorted(lm_paths.items())},
+            "lm": {k: name(Path(v)) for k, v in sorted(lm_paths.items())},
             "normalization": "Vocabulary.normalize",
         },
         utterances=results if keep_utterances else [],
     )
-    durations = {str(it.path): it.entry.duration for it in items}
+    durations = {it.name: it.entry.duration for it in items}
     report.languages = summarize(
         results, report.methods, set(lm_paths), durations, model.lid_head is not None
     )
@@ -330,7 +341,7 @@ def _run_batch(
         predicted = [model.languages[int(i)] for i in lid_logits.argmax(dim=-1).tolist()]
     return [
         UtteranceResult(
-            audio=str(it.path),
+            audio=it.name,
             language=it.entry.language,
             reference=it.reference,
             hypotheses={m: tr.text for m, ts in decoded.items() if (tr := ts[i]) is not None},

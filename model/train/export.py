@@ -3,7 +3,9 @@
 The bundle's manifest records where it came from: trainer version, git commit (and
 whether the tree was dirty), the data (manifest paths, checksums, hours per
 language), every stage that produced the weights with its config, the whole
-pipeline config, and the evaluation figures when ``evaluate`` ran.
+pipeline config, and the evaluation figures when ``evaluate`` ran. Paths in it are
+relative (``model.train.paths.recorded_path``): to the work folder, or to the repository
+for a config inside it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import lass
 from model.bundle import write_bundle
 from model.masks import LanguageMasks
 from model.train.context import Context, StageError
+from model.train.paths import REPO, recorded_path
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-REPO = Path(__file__).resolve().parents[2]
 
 
 def git_version(repo: Path = REPO) -> dict[str, Any]:
@@ -64,7 +66,7 @@ def data_provenance(ctx: Context) -> dict[str, Any]:
         for entry in ctx.split(split).entries:
             hours[entry.language] = hours.get(entry.language, 0.0) + entry.duration / 3600
         out[split] = {
-            "manifest": str(path),
+            "manifest": recorded_path(path, ctx.work_dir),
             "sha256": _sha256(path),
             "utterances": len(ctx.split(split).entries),
             "hours": {k: round(v, 4) for k, v in sorted(hours.items())},
@@ -105,12 +107,15 @@ def run_export(ctx: Context, out: Path | None = None) -> Path:
         masks = LanguageMasks.full(model.prunable_shapes(), model.languages)
     report = ctx.work_dir / "evaluate" / "report.json"
     metrics = json.loads(report.read_text(encoding="utf-8")) if report.exists() else None
+    config = ctx.cfg.to_dict()
+    if config["source"]:
+        config["source"] = recorded_path(config["source"], ctx.work_dir)
     provenance = {
         "trainer": {"name": "lass", "version": lass.__version__, **git_version()},
         "method": ctx.cfg.method,
         "stages": art.history,
         "data": data_provenance(ctx),
-        "config": ctx.cfg.to_dict(),
+        "config": config,
         "mask_stats": masks.stats().to_dict(),
     }
     target = out or (ctx.cfg.resolve(cfg.out) if cfg.out else ctx.work_dir / "bundle")

@@ -116,6 +116,7 @@ def run_evaluate(ctx: Context, model_path: Path | None = None) -> Path:
         batch_size=cfg.batch_size,
         device=ctx.device,
         progress=ctx.dist.is_main and not ctx.quiet,
+        relative_to=ctx.work_dir,
     )
     if adapters is not None:
         adapters.detach_from(model)
