@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from model.train.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from model.train.data.text_sources import (
     SOURCES,
     TextSource,
     clean_sentences,
     load_language_text,
     package_files,
+    package_version,
     pool_sha256,
     read_documents,
 )
@@ -66,3 +68,15 @@ def test_an_unrelated_package_leaves_every_pool_unchanged() -> None:
     for lang, source in SOURCES.items():
         read = [path for _, path in source.files() if path in foreign]
         assert not read, (lang, read[:3])
+
+
+def test_the_corpus_records_package_versions_and_the_pool_hash(tmp_path: Path) -> None:
+    config = SyntheticCorpusConfig(high_resource=("pt",), low_resource=(), workers=1)
+    corpus = build_synthetic_corpus(config, tmp_path / "corpus", only=())  # no audio
+    source = corpus.summary["languages"]["pt"]["source"]
+    version = package_version("fortunes-br")
+    assert version and source["package_versions"] == {"fortunes-br": version}
+    sentences = load_language_text("pt").sentences
+    assert source["sentences_available"] == len(sentences)
+    assert source["pool_sha256"] == pool_sha256(sentences)
+    assert package_version("no-such-package-lass") is None
