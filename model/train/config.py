@@ -57,7 +57,7 @@ class LoopConfig:
     steps: int = 100
     log_every: int = 10
     checkpoint_every: int = 100
-    bf16: bool = False  # bf16 autocast (halves the step time on CPU, DESIGN.md)
+    bf16: bool = False  # bf16 autocast (tiny's step 1.5x faster on CPU, docs/benchmarks.md)
     seed: int = 0
     batch_seconds: float = 80.0  # audio seconds per global batch
     max_batch_size: int = 16
