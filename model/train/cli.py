@@ -187,6 +187,46 @@ def export(
     _run(_context(config, work_dir, set_, quiet), "export", run_export, out)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected integers separated by commas, got {text!r}") from exc
+
+
+@app.command()
+def compare(
+    config: Path = CONFIG,
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+    methods: str | None = typer.Option(
+        None, "--methods", help="Comma-separated, e.g. lass,dense (default: compare.methods)."
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Comma-separated, e.g. 0,1 (default: compare.seeds)."
+    ),
+) -> None:
+    """The methods on one corpus and one pre-trained model: CER, parameters, time (resumable)."""
+    from model.train.compare import load_compare_config, run_compare
+    from model.train.config import ConfigError, parse_override
+    from model.train.context import StageError
+
+    overrides = dict(parse_override(o) for o in set_)
+    if methods is not None:
+        overrides["compare.methods"] = [m.strip() for m in methods.split(",") if m.strip()]
+    if seeds is not None:
+        overrides["compare.seeds"] = _int_list(seeds)
+    try:
+        cfg, ccfg = load_compare_config(config, overrides)
+        report = run_compare(cfg, ccfg, work_dir, quiet=quiet)
+    except (ConfigError, StageError) as exc:
+        typer.echo(f"lass train compare: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    if not quiet:
+        typer.echo(str(report))
+
+
 IMPORT_OUT = typer.Argument(..., file_okay=False, help="Folder for train/dev/test.jsonl.")
 DEV = typer.Option(0.05, "--dev-fraction", help="Share of sentences for dev.")
 TEST = typer.Option(0.05, "--test-fraction", help="Share of sentences for test.")

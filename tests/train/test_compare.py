@@ -1,0 +1,191 @@
+"""``lass train compare``: the four methods and the sparsity ablation on a micro corpus.
+
+End to end through the CLI on the micro model of ``stage_helpers`` (seconds, not a real
+result): the report's structure, one shared pre-training, parameter counts that follow
+from each method, and resume (finished runs are skipped, a changed config is refused).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from model.train.cli import app
+from model.train.compare import (
+    CompareConfig,
+    Groups,
+    RunSpec,
+    load_compare_config,
+    plan_runs,
+    served,
+    spread,
+)
+from tests.train.stage_helpers import MICRO_MODEL, MICRO_STAGES, micro_corpus  # noqa: F401
+
+COMPARE = """
+[compare]
+methods = ["lass", "dense", "dense_adapt", "adapters"]
+seeds = [0, 1]
+high_resource = ["en", "de"]
+low_resource = ["es"]
+low_sparsity = [0.5, 0.7, 0.9]   # 0.7 is the micro config's own sparsity for es
+ablation_seeds = [0]
+served_languages = [100]
+"""
+
+
+def _config(tmp_path: Path, corpus: Path) -> Path:
+    text = (
+        'name = "micro-compare"\nmethod = "lass"\nwork_dir = "work"\n'
+        f'[data]\ntrain = "{corpus / "train.jsonl"}"\ndev = "{corpus / "dev.jsonl"}"\n'
+        f'test = "{corpus / "dev.jsonl"}"\n' + MICRO_MODEL + MICRO_STAGES + COMPARE
+    )
+    path = tmp_path / "compare.toml"
+    path.write_text(text)
+    return path
+
+
+def test_plan_shares_the_main_lass_run_with_the_ablation(
+    tmp_path: Path,
+    micro_corpus: Path,  # noqa: F811
+) -> None:
+    cfg, ccfg = load_compare_config(_config(tmp_path, micro_corpus))
+    runs, ablation = plan_runs(cfg, ccfg, Groups(("en", "de"), ("es",)))
+    names = [r.name for r in runs]
+    assert names[:8] == [
+        f"{m}-seed{s}" for s in (0, 1) for m in ("lass", "dense", "dense_adapt", "adapters")
+    ]
+    assert names[8:] == ["lass-low0.5-seed0", "lass-low0.9-seed0"]
+    assert ablation[0.7] == [RunSpec("lass", 0)]  # the config's own value: the main run
+    # --methods without lass: no ablation
+    no_lass = CompareConfig(methods=["dense"], seeds=[0], low_sparsity=[0.5])
+    assert plan_runs(cfg, no_lass, Groups(("en",), ("es",))) == ([RunSpec("dense", 0)], {})
+
+
+def test_spread_and_served_arithmetic() -> None:
+    assert spread([0.1, 0.3]) == pytest.approx(
+        {"mean": 0.2, "min": 0.1, "max": 0.3, "std": 0.1414, "n": 2}, abs=1e-4
+    )
+    assert spread([0.25])["std"] == 0.0
+    params = {
+        "model": 1000,
+        "bytes_per_weight": 2,
+        "languages": {
+            "a": {"stored_parameters": 10, "stored_mask_bits": 800},
+            "b": {"stored_parameters": 10, "stored_mask_bits": 800},
+        },
+    }
+    # 1000 + 3 x 10 weights at 2 bytes, plus 3 masks of 100 bytes
+    assert served(params, 3) == (1030, 1030 * 2 + 300)
+
+
+def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> None:  # noqa: F811
+    config = _config(tmp_path, micro_corpus)
+    work = tmp_path / "work"
+    runner = CliRunner()
+    base = ["compare", str(config), "--work-dir", str(work)]
+
+    # One run first: a partial comparison of its own plan.
+    first = runner.invoke(app, [*base, "--methods", "dense", "--seeds", "0"])
+    assert first.exit_code == 0, first.output
+    partial = json.loads((work / "compare.json").read_text())
+    assert partial["status"] == {"planned": 1, "done": 1, "complete": True, "missing": []}
+    dense0 = work / "runs" / "dense-seed0"
+    stamps = {p: p.stat().st_mtime_ns for p in (dense0 / "result.json", dense0 / "finetune")}
+    pretrained = work / "shared" / "pretrain" / "model.pt"
+    pretrained_at = pretrained.stat().st_mtime_ns
+
+    full = runner.invoke(app, base)
+    assert full.exit_code == 0, full.output
+    assert "dense-seed0 is done, skipped" in full.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert pretrained.stat().st_mtime_ns == pretrained_at  # pre-trained once
+    assert "ETA" in full.stderr and "compare" in full.stderr
+    report = json.loads((work / "compare.json").read_text())
+    assert report["status"]["complete"] and report["status"]["planned"] == 10
+    assert report["groups"] == {"high": ["en", "de"], "low": ["es"]}
+    for name in report["runs"]:  # every run fine-tuned the same pre-trained weights
+        linked = work / "runs" / name / "pretrain" / "model.pt"
+        assert linked.resolve() == pretrained.resolve()
+
+    methods = report["methods"]
+    assert list(methods) == ["lass", "dense", "dense_adapt", "adapters"]
+    for m in methods.values():
+        assert m["seeds"] == [0, 1]
+        for decoding in ("greedy", "beam", "beam_lm"):
+            groups = m["cer"][decoding]["groups"]
+            for group in ("high", "low", "all"):
+                stats = groups[group]
+                assert stats["n"] == 2
+                assert stats["min"] <= stats["mean"] <= stats["max"]
+            assert set(m["cer"][decoding]["languages"]) == {"de", "en", "es"}
+        assert m["time_s"]["finetune"]["mean"] > 0
+    assert methods["lass"]["time_s"]["prune"]["mean"] > 0
+    assert "prune" not in methods["dense"]["time_s"]
+    # The "all" group is the mean of the languages; "low" is es alone.
+    run = report["runs"]["dense-seed0"]["evaluation"]["languages"]
+    low = methods["dense"]["cer"]["greedy"]["groups"]["low"]
+    assert low["min"] <= run["es"]["cer"]["greedy"] <= low["max"]
+
+    p = {k: v["parameters"] for k, v in methods.items()}
+    dense_trained = p["dense"]["trained_per_language"]
+    assert dense_trained["min"] == dense_trained["max"]  # every language trains everything
+    assert p["dense_adapt"]["trained_per_language"] == dense_trained
+    assert p["dense"]["stored_per_language"] == {"parameters": 0, "mask_bits": 0}
+    # lass: es keeps 30 % of the prunable weights, en and de 50 %: es trains fewer
+    lass_langs = report["runs"]["lass-seed0"]["parameters"]["languages"]
+    assert lass_langs["es"]["trained"] < lass_langs["en"]["trained"] < dense_trained["max"]
+    prunable = report["runs"]["lass-seed0"]["parameters"]["prunable"]
+    assert p["lass"]["stored_per_language"] == {"parameters": 0, "mask_bits": prunable}
+    adapters = p["adapters"]
+    assert 0 < adapters["trained_per_language"]["max"] < lass_langs["es"]["trained"]
+    assert adapters["stored_per_language"]["parameters"] > 0
+    for n in ("3", "100"):
+        dense_bytes = p["dense"]["served"][n]["bytes"]
+        assert p["lass"]["served"][n]["bytes"] == dense_bytes + int(n) * prunable // 8
+        assert p["adapters"]["served"][n]["parameters"] > p["dense"]["served"][n]["parameters"]
+
+    masks = methods["lass"]["masks"]
+    assert masks["density"]["es"]["mean"] == pytest.approx(0.3, abs=0.01)
+    assert masks["density"]["en"]["mean"] == pytest.approx(0.5, abs=0.01)
+    assert masks["jaccard"]["en"]["en"] == 1.0 and 0 < masks["jaccard"]["en"]["es"] < 1
+    heat_map = work / report["figures"]["lass-seed0"]
+    assert heat_map.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    ablation = {row["low_sparsity"]: row for row in report["ablation"]}
+    assert sorted(ablation) == [0.5, 0.7, 0.9]
+    assert ablation[0.7]["runs"] == ["lass-seed0"]
+    for value, row in ablation.items():
+        assert row["seeds"] == [0]
+        assert row["low_density"] == pytest.approx(1 - value, abs=0.01)
+    trained = [ablation[v]["trained_per_low_language"] for v in (0.5, 0.7, 0.9)]
+    assert trained == sorted(trained, reverse=True)
+
+    md = (work / "compare.md").read_text()
+    assert "All 10 runs done." in md
+    for heading in (
+        "## CER by language group",
+        "## CER per language, greedy",
+        "## CER per language, beam + LM",
+        "## Parameters",
+        "## Training time",
+        "## lass: the sub-networks",
+        "## Ablation",
+    ):
+        assert heading in md, heading
+    assert f"]({report['figures']['lass-seed0']})" in md
+
+    # A third call finds everything done and trains nothing.
+    results = {p: p.stat().st_mtime_ns for p in work.glob("runs/*/result.json")}
+    again = runner.invoke(app, base)
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in results} == results
+    assert again.stderr.count("is done, skipped") == 10
+
+    # The same work folder under another budget would mix two experiments: refused.
+    changed = runner.invoke(app, [*base, "--set", "finetune.steps=4"])
+    assert changed.exit_code == 2
+    assert "another config" in changed.stderr
