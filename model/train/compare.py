@@ -330,6 +330,10 @@ def run_compare(
     quiet: bool = False,
 ) -> Path:
     """Run (or resume) the comparison; returns ``<work>/compare.md``."""
+    # Imported now, not at the first evaluation: every run of this call then decodes with
+    # the code as it was when the call started, even if the checkout changes meanwhile.
+    import model.train.evaluate  # noqa: F401
+
     work = Path(work_dir) if work_dir is not None else cfg.resolve(cfg.work_dir)
     groups = resource_groups(cfg, ccfg)
     runs, ablation = plan_runs(cfg, ccfg, groups)
@@ -387,7 +391,10 @@ def run_compare(
 
 # ------------------------------------------------------------------ one run's result
 def run_result(ctx: Context, spec: RunSpec, timing: Mapping[str, float]) -> dict[str, Any]:
-    """What the report needs from a finished run (the evaluation without its utterances)."""
+    """What the report needs from a finished run (the evaluation without its utterances),
+    and the commit of the code that ran it (``dirty``: with uncommitted changes)."""
+    from model.train.export import git_version
+
     evaluation = json.loads((ctx.work_dir / "evaluate" / "report.json").read_text("utf-8"))
     evaluation.pop("utterances", None)
     out: dict[str, Any] = {
@@ -396,6 +403,7 @@ def run_result(ctx: Context, spec: RunSpec, timing: Mapping[str, float]) -> dict
         "seed": spec.seed,
         "low_sparsity": spec.low_sparsity,
         "timing": dict(timing),
+        "code": git_version(),
         "evaluation": evaluation,
         "parameters": parameter_counts(ctx),
     }
