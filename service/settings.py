@@ -68,9 +68,9 @@ class Settings(BaseSettings):
     stream_idle_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     stream_max_duration_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
     stream_max_frame_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
-    # Received audio not yet processed, in seconds: a client sending faster than real time
-    # is slowed down (the socket is not read) once this much is waiting.
-    stream_buffer_s: Annotated[float, Field(gt=0)] = 10.0
+    # Received frames not yet processed: a client sending faster than the server
+    # transcribes is slowed down (its socket is not read) once this much is waiting.
+    stream_buffer_bytes: Annotated[int, Field(ge=1024)] = 4 << 20
     stream_max_utterance_s: Annotated[float, Field(ge=1)] = 20.0
     stream_silence_ms: Annotated[int, Field(ge=0)] = 400
     stream_partial_interval_ms: Annotated[int, Field(ge=50)] = 400

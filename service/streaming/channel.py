@@ -72,7 +72,14 @@ def client_error(code: int, error_code: str, message: str) -> StreamClosedError:
 
 
 class Channel:
-    """One accepted WebSocket: ordered sends, receives bounded in size and time."""
+    """One accepted WebSocket: ordered sends, and receives bounded in size and time.
+
+    A reader task takes messages off the socket as they come, so a client that vanishes
+    is noticed at once (its handler is cancelled and its work dropped) even while the
+    handler is busy; it holds at most ``LASS_STREAM_BUFFER_BYTES`` of received, unprocessed
+    frames, beyond which it stops reading and TCP slows a client that sends faster than
+    the server transcribes.
+    """
 
     def __init__(self, ws: WebSocket, ctx: AppContext, stream_id: str) -> None:
         self.ws = ws
@@ -80,7 +87,62 @@ class Channel:
         self.stream_id = stream_id
         self.opened_at = time.monotonic()
         self._send_lock = asyncio.Lock()
+        self._queue: asyncio.Queue[str | bytes | StreamClosedError] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._drained = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._handler: asyncio.Task[None] | None = None
         self.gone = False
+
+    def start_reader(self, handler: asyncio.Task[None]) -> None:
+        """Read the socket in the background; cancel ``handler`` when the client goes."""
+        self._handler = handler
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read(handler), name=f"read-{self.stream_id}"
+        )
+
+    async def stop_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def _read(self, handler: asyncio.Task[None]) -> None:
+        limit = self.settings.stream_buffer_bytes
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    self._lost()
+                    return
+                data: str | bytes | None = message.get("bytes")
+                if data is None:
+                    data = message.get("text") or ""
+                if len(data) > self.settings.stream_max_frame_bytes:
+                    self._queue.put_nowait(self._too_big(len(data)))
+                    return
+                while self._queued_bytes + len(data) > limit and self._queued_bytes > 0:
+                    self._drained.clear()
+                    await self._drained.wait()
+                self._queued_bytes += len(data)
+                self._queue.put_nowait(data)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._lost()
+
+    def _lost(self) -> None:
+        """The client is gone: drop its work (the handler's ``finally`` frees it)."""
+        self.gone = True
+        if self._handler is not None:
+            self._handler.cancel()
+
+    def _too_big(self, size: int) -> StreamClosedError:
+        limit = self.settings.stream_max_frame_bytes
+        return client_error(
+            TOO_BIG,
+            "frame_too_large",
+            f"a frame of {size} bytes is over the limit of {limit} "
+            "(LASS_STREAM_MAX_FRAME_BYTES); send smaller frames (20-200 ms of audio is typical)",
+        )
 
     async def send(self, payload: dict[str, Any]) -> None:
         """Send one JSON event; a vanished client makes it a no-op (the reader notices)."""
@@ -90,11 +152,11 @@ class Channel:
             try:
                 await self.ws.send_json(payload)
             except (WebSocketDisconnect, RuntimeError, OSError):
-                self.gone = True
+                self._lost()
 
     async def receive(self) -> str | bytes:
-        """The next text or binary message. StreamClosedError on disconnect, idle timeout, a
-        frame over the size limit, or a stream past its maximum duration."""
+        """The next text or binary message. StreamClosedError on an idle timeout, a frame
+        over the size limit, or a stream past its maximum duration."""
         settings = self.settings
         left = settings.stream_max_duration_s - (time.monotonic() - self.opened_at)
         if left <= 0:
@@ -105,8 +167,13 @@ class Channel:
                 "s (LASS_STREAM_MAX_DURATION_S); open a new one",
             )
         timeout = min(settings.stream_idle_timeout_s, left)
+        if self.gone:  # checked as well as cancelled: a cancel can race a finished get()
+            raise StreamClosedError(NORMAL, "client_gone")
         try:
-            message = await asyncio.wait_for(self.ws.receive(), timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that arrives as the get() completes, and the client-gone cancel would be lost.
+            async with asyncio.timeout(timeout):
+                item = await self._queue.get()
         except TimeoutError:
             if timeout < settings.stream_idle_timeout_s:
                 return await self.receive()  # the duration limit, reported above
@@ -116,21 +183,11 @@ class Channel:
                 f"nothing received for {settings.stream_idle_timeout_s:g} s "
                 "(LASS_STREAM_IDLE_TIMEOUT_S)",
             ) from None
-        if message["type"] == "websocket.disconnect":
-            self.gone = True
-            raise StreamClosedError(NORMAL, "client_gone")
-        data: str | bytes | None = message.get("bytes")
-        if data is None:
-            data = message.get("text") or ""
-        if len(data) > settings.stream_max_frame_bytes:
-            raise client_error(
-                TOO_BIG,
-                "frame_too_large",
-                f"a frame of {len(data)} bytes is over the limit of "
-                f"{settings.stream_max_frame_bytes} (LASS_STREAM_MAX_FRAME_BYTES); send smaller "
-                "frames (20-200 ms of audio each is typical)",
-            )
-        return data
+        if isinstance(item, StreamClosedError):
+            raise item
+        self._queued_bytes -= len(item)
+        self._drained.set()
+        return item
 
     async def close(self, code: int) -> None:
         if self.gone or self.ws.application_state == WebSocketState.DISCONNECTED:
@@ -191,7 +248,14 @@ async def serve_stream(
                 "model_not_ready",
                 "server_error",
             )
-        await handler(channel)
+        task: asyncio.Task[None] = asyncio.ensure_future(handler(channel))
+        channel.start_reader(task)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not channel.gone:
+                raise  # the server is cancelling us, not the client leaving
+            raise StreamClosedError(NORMAL, "client_gone") from None
         await channel.close(NORMAL)
     except StreamClosedError as exc:
         reason = exc.reason
@@ -210,7 +274,15 @@ async def serve_stream(
         )
         await channel.close(INTERNAL)
     finally:
+        await channel.stop_reader()
         registry.release()
+        log.debug(
+            "stream %s closed (%s) after %.1f s; %d open",
+            channel.stream_id,
+            reason,
+            time.monotonic() - channel.opened_at,
+            registry.active,
+        )
         ctx.metrics.stream_closed(protocol, reason)
 
 
