@@ -93,7 +93,7 @@ def _key(api_key: str | None) -> str | None:
 
 def transcribe(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Audio file."),
-    url: str = typer.Option(DEFAULT_URL, help="The lass server."),
+    url: str = typer.Option(DEFAULT_URL, envvar="LASS_URL", help="The lass server."),
     language: str | None = typer.Option(None, help="Language code; identified when left out."),
     response_format: str = typer.Option("text", help="json, text, srt, vtt or verbose_json."),
     decoder: str | None = typer.Option(None, help="greedy or beam (with the language model)."),
@@ -133,7 +133,7 @@ def transcribe(
 
 def stream(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Audio file."),
-    url: str = typer.Option(DEFAULT_URL, help="The lass server."),
+    url: str = typer.Option(DEFAULT_URL, envvar="LASS_URL", help="The lass server."),
     language: str | None = typer.Option(None, help="Language code; identified when left out."),
     fast: bool = typer.Option(False, "--fast", help="Send as fast as the server takes it."),
     partials: bool = typer.Option(True, help="Show partial results as they change."),

@@ -421,7 +421,7 @@ class RealtimeStream:
             await self.session.clear()
             self.uncommitted = 0.0
             await self.send({"type": "input_audio_buffer.cleared"})
-        elif kind in ("session.update", "transcription_session.update"):
+        elif kind == "session.update":
             self.config = apply_update(self.config, event.get("session"), self.ctx.engine.languages)
             await self.session.finish()  # what was said under the old settings is done
             self.converter = PcmConverter(self.config.pcm_format())
