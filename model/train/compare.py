@@ -59,6 +59,12 @@ DECODINGS = ("greedy", "beam", "beam_lm")
 DECODING_TITLES = {"greedy": "greedy", "beam": "beam", "beam_lm": "beam + LM"}
 GROUPS = ("high", "low", "all")
 RESULT = "result.json"
+# What a run stage leaves when it has finished (evaluate's result is the run's result.json).
+STAGE_OUTPUTS = {
+    "prune": "prune/masks.pt",
+    "adapt": "adapt/model.pt",
+    "finetune": "finetune/model.pt",
+}
 TIMING = "timing.json"
 # Cost of evaluating one second of audio (forward pass + beam searches) relative to one
 # training second, for the ETA only: about what the micro and tiny runs measured.
@@ -353,9 +359,15 @@ def run_compare(
     def cost(c: PipelineConfig, stages: Iterable[str]) -> float:
         return sum(stage_cost(c, s, len(languages), eval_seconds) for s in stages)
 
+    def finished(spec: RunSpec) -> list[str]:
+        """The run's stages already done (by an earlier call): not counted in the speed."""
+        if (run_dirs[spec] / RESULT).exists():
+            return list(RUN_STAGES)
+        return [s for s, out in STAGE_OUTPUTS.items() if (run_dirs[spec] / out).exists()]
+
     total = cost(shared_cfg, ["pretrain"]) + sum(cost(configs[s], RUN_STAGES) for s in runs)
     done = 0.0 if not shared.output("pretrain").exists() else cost(shared_cfg, ["pretrain"])
-    done += sum(cost(configs[s], RUN_STAGES) for s in runs if (run_dirs[s] / RESULT).exists())
+    done += sum(cost(configs[s], finished(s)) for s in runs)
     eta = _Eta(total, done, quiet)
     report = CompareReport(cfg, ccfg, groups, languages, runs, ablation, work)
 
@@ -374,12 +386,19 @@ def run_compare(
         link_shared(shared.work_dir, folder)
         _check_same_config(folder, run_cfg)
         ctx = Context.create(run_cfg, folder, quiet=quiet)
+        earlier = frozenset(finished(spec))
         # Adapters and heads created before the training loop seeds draw from the global
         # RNG: seeded here, a run does not depend on the runs before it in this process.
         torch.manual_seed(spec.seed)
 
-        def after(stage: str, c: PipelineConfig = run_cfg, name: str = spec.name) -> None:
-            eta.advance(cost(c, [stage]), f"{name}: {stage} done")
+        def after(
+            stage: str,
+            c: PipelineConfig = run_cfg,
+            name: str = spec.name,
+            skip: frozenset[str] = earlier,
+        ) -> None:
+            units = 0.0 if stage in skip else cost(c, [stage])
+            eta.advance(units, f"{name}: {stage} done")
 
         timing = _run_stages(ctx, RUN_STAGES, after)
         result = run_result(ctx, spec, timing)
