@@ -25,7 +25,16 @@ from service.context import AppContext
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
-from service.routers import health, languages, metrics, models, realtime, stream, transcriptions
+from service.routers import (
+    health,
+    languages,
+    metrics,
+    models,
+    realtime,
+    stream,
+    transcriptions,
+    web,
+)
 from service.settings import Settings
 from service.streaming.channel import StreamRegistry
 
@@ -81,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (health, transcriptions, models, languages, metrics, stream, realtime):
+    for module in (health, transcriptions, models, languages, metrics, stream, realtime, web):
         app.include_router(module.router)
 
     def on_too_large(exc: AudioError) -> None:
