@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "audio-io": "bench.audio_io",
     "vad": "bench.vad",
     "lid": "bench.lid_cost",
+    "stream": "bench.stream",
 }
 
 app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
@@ -28,7 +29,7 @@ app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 
 @app.callback()
 def bench(ctx: typer.Context) -> None:
-    """Run a benchmark: masked-forward, train-step, service, decoding, audio-io, vad, lid."""
+    """Run a benchmark: lass bench NAME --help for its options."""
     if ctx.invoked_subcommand is None:
         typer.echo(f"lass bench: name one of {', '.join(BENCHMARKS)}.", err=True)
         raise typer.Exit(code=2)
