@@ -27,7 +27,23 @@ def recorded() -> ServiceMetrics:
     m.set_queue_depth(5)
     m.reject("queue_full")
     m.reject("too_large")
+    m.stream_opened("native")
+    m.stream_opened("native")
+    m.stream_closed("native", "client_gone")
+    m.observe_partial_latency(0.3)
+    m.observe_final_latency(0.2)
+    m.add_stream_audio("de", 2.5)
     return m
+
+
+def test_stream_metrics() -> None:
+    values = samples(recorded())
+    assert values[("lass_stream_active", (("protocol", "native"),))] == 1
+    closes = (("protocol", "native"), ("reason", "client_gone"))
+    assert values[("lass_stream_closes_total", closes)] == 1
+    assert values[("lass_stream_partial_latency_seconds_count", ())] == 1
+    assert values[("lass_stream_final_latency_seconds_sum", ())] == pytest.approx(0.2)
+    assert values[("lass_stream_audio_seconds_total", (("language", "de"),))] == 2.5
 
 
 def samples(m: ServiceMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
