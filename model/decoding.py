@@ -11,6 +11,11 @@ language per sample, so a mixed-language batch from the service decodes in one c
 ``BeamDecoders`` builds one pyctcdecode decoder per (language, with LM or not) once and
 caches it (loading an LM is slow); decoders are safe to use from worker threads: the
 cache is guarded by a lock and pyctcdecode keeps all per-call state local.
+
+Beam search has a wall-clock budget per utterance (``BeamConfig.time_budget_s``): with one,
+``BeamDecoders`` runs every search in a child process (``model.beam_search``) that is
+killed when the budget passes (``DecodeBudgetExceededError``); ``None`` searches in the
+calling thread, unbounded.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +32,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
+
+from model.beam_search import (
+    BUILD_TIMEOUT_S,
+    BeamProcess,
+    BeamSearchError,
+    DecodeBudgetExceededError,
+    SearchResult,
+    build_decoder,
+    search,
+)
+
+__all__ = ["BeamSearchError", "DecodeBudgetExceededError"]
 
 FRAME_SECONDS = 0.02
 BLANK_ID = 0
@@ -285,6 +303,9 @@ class BeamConfig:
     hotword_weight: float = 10.0
     beam_prune_logp: float = -10.0
     token_min_logp: float = -5.0
+    # Wall-clock seconds one utterance's search may take; the search then runs in a child
+    # process, killed when they pass. None: in the calling thread, without a limit.
+    time_budget_s: float | None = 30.0
 
 
 class BeamDecoder:
@@ -297,29 +318,11 @@ class BeamDecoder:
         config: BeamConfig | None = None,
         unigrams: Sequence[str] | None = None,
     ) -> None:
-        from pyctcdecode import build_ctcdecoder
-
         self.columns = columns
         self.lm_path = lm_path
         self.config = config or BeamConfig()
-        if lm_path is not None and not Path(lm_path).is_file():
-            raise FileNotFoundError(f"language model not found: {lm_path}")
-        if lm_path is not None and unigrams is None and Path(lm_path).suffix != ".arpa":
-            unigrams = _sidecar_unigrams(Path(lm_path))
-            if unigrams is None:
-                log.warning(
-                    "%s has no %s.unigrams.txt beside it: every partial word will be scored "
-                    "as unknown, which hurts beam search",
-                    lm_path,
-                    Path(lm_path).name,
-                )
-        self._decoder = build_ctcdecoder(
-            list(columns.labels),
-            kenlm_model_path=str(lm_path) if lm_path is not None else None,
-            unigrams=unigrams,
-            alpha=self.config.alpha,
-            beta=self.config.beta,
-            unk_score_offset=self.config.unk_score_offset,
+        self._decoder = build_decoder(
+            columns.labels, lm_path, unigrams=unigrams, **_lm_weights(self.config)
         )
 
     def decode(
@@ -329,42 +332,63 @@ class BeamDecoder:
         hotword_weight: float | None = None,
         beam_width: int | None = None,
     ) -> Transcript:
-        """Decode ``log_probs [F, len(columns)]`` (this language's columns, log-softmaxed)."""
+        """Decode ``log_probs [F, len(columns)]`` (this language's columns, log-softmaxed)
+        in the calling thread, without a time limit."""
         frames = int(log_probs.shape[0])
         if frames == 0:
-            return Transcript("", self.columns.language, [], 0.0, 0.0, 0.0)
-        beams = self._decoder.decode_beams(
-            log_probs,
-            beam_width=beam_width or self.config.beam_width,
-            beam_prune_logp=self.config.beam_prune_logp,
-            token_min_logp=self.config.token_min_logp,
-            hotwords=list(hotwords) if hotwords else None,
-            hotword_weight=(
-                hotword_weight if hotword_weight is not None else self.config.hotword_weight
-            ),
-        )
-        text, _state, word_frames, acoustic, combined = beams[0]
-        words = [Word(w, s * FRAME_SECONDS, e * FRAME_SECONDS, None) for w, (s, e) in word_frames]
-        return Transcript(
-            text=text,
-            language=self.columns.language,
-            words=words,
-            duration=frames * FRAME_SECONDS,
-            logprob=float(acoustic),
-            lm_score=float(combined),
-        )
+            return _empty(self.columns.language)
+        kwargs = _search_kwargs(self.config, log_probs, hotwords, hotword_weight, beam_width)
+        return _transcript(search(self._decoder, **kwargs), self.columns.language, frames)
 
     def close(self) -> None:
         """Release the LM (pyctcdecode keeps it in a class-level registry)."""
         self._decoder.cleanup()
 
 
-def _sidecar_unigrams(lm_path: Path) -> list[str] | None:
-    """Words of a binary LM from ``<lm>.unigrams.txt`` (binary files cannot list them)."""
-    side = lm_path.with_name(lm_path.name + ".unigrams.txt")
-    if not side.is_file():
-        return None
-    return [w for w in side.read_text(encoding="utf-8").split("\n") if w]
+def _lm_weights(config: BeamConfig) -> dict[str, float]:
+    return {"alpha": config.alpha, "beta": config.beta, "unk_score_offset": config.unk_score_offset}
+
+
+def _search_kwargs(
+    config: BeamConfig,
+    log_probs: np.ndarray,
+    hotwords: Sequence[str] | None,
+    hotword_weight: float | None,
+    beam_width: int | None,
+) -> dict[str, Any]:
+    """Arguments of ``model.beam_search.search`` (without the decoder)."""
+    return {
+        "log_probs": np.ascontiguousarray(log_probs, dtype=np.float32),
+        "beam_width": beam_width or config.beam_width,
+        "beam_prune_logp": config.beam_prune_logp,
+        "token_min_logp": config.token_min_logp,
+        "hotwords": list(hotwords) if hotwords else None,
+        "hotword_weight": hotword_weight if hotword_weight is not None else config.hotword_weight,
+    }
+
+
+def _empty(language: str) -> Transcript:
+    return Transcript("", language, [], 0.0, 0.0, 0.0)
+
+
+def _transcript(result: SearchResult, language: str, frames: int) -> Transcript:
+    words = [
+        Word(w, s * FRAME_SECONDS, e * FRAME_SECONDS, None) for w, (s, e) in result.word_frames
+    ]
+    return Transcript(
+        text=result.text,
+        language=language,
+        words=words,
+        duration=frames * FRAME_SECONDS,
+        logprob=result.acoustic,
+        lm_score=result.combined,
+    )
+
+
+def _close_children(children: list[BeamProcess]) -> None:
+    """End every child of the list and empty it."""
+    while children:
+        children.pop().close()
 
 
 @dataclass
@@ -372,7 +396,10 @@ class BeamDecoders:
     """Beam decoders for every language of a vocabulary, built on first use and cached.
 
     lm_paths: language -> ARPA or KenLM binary file (languages without one decode
-    without an LM). Safe to call from several threads.
+    without an LM). Safe to call from several threads. With ``config.time_budget_s`` each
+    call borrows a child process (started on demand, one per concurrent caller, kept for
+    the next call) holding its own copy of the decoders it was asked for; a child past its
+    budget is killed and replaced by a fresh one on the next call.
     """
 
     vocab: VocabularyLike
@@ -384,6 +411,10 @@ class BeamDecoders:
         self._decoders: dict[tuple[str, bool], BeamDecoder] = {}
         self._lock = threading.Lock()
         self._building: dict[tuple[str, bool], threading.Lock] = {}
+        self._idle: list[BeamProcess] = []  # children waiting for a caller
+        self._closed = False
+        # Decoders dropped without close() (tests, scripts) still end their children.
+        weakref.finalize(self, _close_children, self._idle)
 
     def get(self, language: str, use_lm: bool = True) -> BeamDecoder:
         """The decoder of ``language`` (with its LM when ``use_lm`` and one exists)."""
@@ -440,14 +471,62 @@ class BeamDecoders:
         if hotwords is not None and len(hotwords) != len(lens):
             raise ValueError(f"{len(hotwords)} hotword lists for a batch of {len(lens)}")
         out: list[Transcript | None] = [None] * len(lens)
+        budget = self.config.time_budget_s
         with torch.no_grad():
             for lang, rows in _group_by_language(languages).items():
-                decoder = self.get(lang, use_lm)
-                logp = language_log_probs(logits[rows], decoder.columns).cpu().numpy()
+                columns = self.columns(lang)
+                logp = language_log_probs(logits[rows], columns).cpu().numpy()
+                decoder = self.get(lang, use_lm) if budget is None else None
                 for j, i in enumerate(rows):
                     words = self._normalize_hotwords(hotwords[i] if hotwords else None, lang)
-                    out[i] = decoder.decode(logp[j, : lens[i]], words, hotword_weight, beam_width)
+                    one = logp[j, : lens[i]]
+                    if decoder is not None:
+                        out[i] = decoder.decode(one, words, hotword_weight, beam_width)
+                    elif one.shape[0] == 0:
+                        out[i] = _empty(lang)
+                    else:
+                        kwargs = _search_kwargs(self.config, one, words, hotword_weight, beam_width)
+                        result = self._search_in_child(lang, use_lm, kwargs)
+                        out[i] = _transcript(result, lang, one.shape[0])
         return [t for t in out if t is not None]
+
+    def _search_in_child(self, language: str, use_lm: bool, kwargs: dict[str, Any]) -> SearchResult:
+        """One search in a borrowed child process, within ``config.time_budget_s``."""
+        lm = self.lm_paths.get(language) if use_lm else None
+        key = f"{language}:{lm is not None}"
+        if lm is not None and not Path(lm).is_file():
+            raise FileNotFoundError(f"language model not found: {lm}")
+        child = self._borrow()
+        try:
+            if key not in child.built:
+                build = {
+                    "labels": self.columns(language).labels,
+                    "lm_path": lm,
+                    **_lm_weights(self.config),
+                }
+                child.call("build", key, build, BUILD_TIMEOUT_S)
+                child.built.add(key)
+            result: SearchResult = child.call("search", key, kwargs, self.config.time_budget_s)
+        finally:
+            self._give_back(child)
+        return result
+
+    def _borrow(self) -> BeamProcess:
+        with self._lock:
+            if self._closed:
+                raise BeamSearchError("the beam decoders are closed")
+            while self._idle:
+                child = self._idle.pop()
+                if child.alive:
+                    return child
+        return BeamProcess()
+
+    def _give_back(self, child: BeamProcess) -> None:
+        with self._lock:
+            if child.alive and not self._closed:
+                self._idle.append(child)
+                return
+        child.close()
 
     def _normalize_hotwords(self, words: Sequence[str] | None, language: str) -> list[str]:
         if not words:
@@ -456,8 +535,10 @@ class BeamDecoders:
         return [w for w in normalized if w.strip()]
 
     def close(self) -> None:
-        """Release every cached decoder's LM."""
+        """Release every cached decoder's LM and end the child processes."""
         with self._lock:
             for decoder in self._decoders.values():
                 decoder.close()
             self._decoders.clear()
+            self._closed = True
+        _close_children(self._idle)

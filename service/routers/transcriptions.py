@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from model.decoding import DecodeBudgetExceededError
 from service.audio import AudioError, DecodedAudio, decode_audio, decode_pcm
 from service.batcher import DeadlineExceededError, QueueFullError, ShuttingDownError
 from service.context import AppContext, get_context
@@ -61,6 +62,22 @@ KNOWN_FIELDS = frozenset(
     | IGNORED_FIELDS
 )
 PCM_TYPES = frozenset({"audio/pcm", "audio/l16", "audio/x-pcm", "audio/s16le"})
+
+# Hotwords (docs/api.md, "Limits"): pyctcdecode matches every hotword against every beam's
+# text at every frame, so their size multiplies the search's cost (one 1 MB phrase held a
+# beam search for 22+ minutes). A hotword is a word or a short phrase.
+MAX_HOTWORDS = 100
+MAX_HOTWORD_BYTES = 64  # one phrase, UTF-8
+MAX_HOTWORD_WORDS = 5  # one phrase
+MAX_HOTWORDS_TOTAL_BYTES = 1024
+# Beam-search work: beam_width x audio seconds x (1 + hotword bytes / HOTWORD_BYTES_PER_UNIT)
+# may not pass BEAM_WORK_BUDGET (or, when larger, what the server's own defaults need:
+# LASS_BEAM_WIDTH over LASS_MAX_AUDIO_SECONDS). Measured without an LM, the costly case:
+# about 0.3 ms of search per unit on one core, so the budget is ~10 s; beam 16 fits 30 min
+# of audio, beam 256 112 s, and 10 hotwords of 8 letters at beam 16 fit 85 s
+# (docs/reliability.md).
+BEAM_WORK_BUDGET = 28_800
+HOTWORD_BYTES_PER_UNIT = 4
 
 
 @dataclass
@@ -139,12 +156,7 @@ def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
             "timestamp_granularities[] requires response_format=verbose_json",
         )
     params.granularities = grans or ["segment"]
-    words: list[str] = []
-    for raw in [*fields.get("hotwords", []), *fields.get("hotwords[]", [])]:
-        words.extend(w.strip() for w in raw.split(",") if w.strip())
-    if len(words) > 100:
-        raise bad_field("hotwords", "at most 100 hotwords")
-    params.hotwords = words
+    params.hotwords = parse_hotwords(fields)
     decoder = _one(fields, "decoder")
     if decoder is not None and decoder not in ("greedy", "beam"):
         raise bad_field("decoder", f"decoder must be 'greedy' or 'beam'; got {decoder!r}")
@@ -165,6 +177,56 @@ def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
             raise bad_field("channels", "channels must be between 1 and 8")
         params.channels = int(channels)
     return params
+
+
+def parse_hotwords(fields: Mapping[str, list[str]]) -> list[str]:
+    """``hotwords`` (repeated and/or comma-separated) within the hotword limits."""
+    words: list[str] = []
+    for raw in [*fields.get("hotwords", []), *fields.get("hotwords[]", [])]:
+        if len(raw.encode()) > MAX_HOTWORDS_TOTAL_BYTES:  # before splitting a huge field
+            raise bad_field("hotwords", f"hotwords hold at most {MAX_HOTWORDS_TOTAL_BYTES} bytes")
+        words.extend(w.strip() for w in raw.split(",") if w.strip())
+    if len(words) > MAX_HOTWORDS:
+        raise bad_field("hotwords", f"at most {MAX_HOTWORDS} hotwords")
+    for word in words:
+        if len(word.encode()) > MAX_HOTWORD_BYTES or len(word.split()) > MAX_HOTWORD_WORDS:
+            raise bad_field(
+                "hotwords",
+                f"a hotword is at most {MAX_HOTWORD_WORDS} words and {MAX_HOTWORD_BYTES} bytes;"
+                f" got {_echo(word)!r}",
+            )
+    if sum(len(w.encode()) for w in words) > MAX_HOTWORDS_TOTAL_BYTES:
+        raise bad_field("hotwords", f"hotwords hold at most {MAX_HOTWORDS_TOTAL_BYTES} bytes")
+    return words
+
+
+def beam_work(beam_width: int, seconds: float, hotwords: Sequence[str]) -> float:
+    """Units of beam-search work (see ``BEAM_WORK_BUDGET``)."""
+    hotword_bytes = sum(len(w.encode()) for w in hotwords)
+    return beam_width * seconds * (1 + hotword_bytes / HOTWORD_BYTES_PER_UNIT)
+
+
+def check_beam_work(
+    beam_width: int, seconds: float, hotwords: Sequence[str], budget: float
+) -> None:
+    """ApiError 400 (``beam_search_too_large``) when the search would pass ``budget``."""
+    if beam_work(beam_width, seconds, hotwords) <= budget:
+        return
+    fits = int(budget // beam_work(1, seconds, hotwords))
+    advice = f"use beam_width {fits} or less" if fits >= 1 else "send fewer or shorter hotwords"
+    raise bad_field(
+        "hotwords" if hotwords and fits < 1 else "beam_width",
+        f"beam search over {seconds:.1f} s of audio at beam_width {beam_width} with "
+        f"{sum(len(w.encode()) for w in hotwords)} bytes of hotwords is over this server's "
+        f"budget (beam_width x seconds x (1 + hotword bytes / {HOTWORD_BYTES_PER_UNIT}) <= "
+        f"{budget:g}): {advice}, or decoder=greedy",
+        code="beam_search_too_large",
+    )
+
+
+def _echo(text: str, limit: int = 100) -> str:
+    """A client-supplied value, cut to ``limit`` characters, for an error message."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass
@@ -307,6 +369,15 @@ async def create_transcription(
         hotwords=tuple(params.hotwords),
         beam_width=params.beam_width,
     )
+    if options.beam or options.hotwords:
+        settings = ctx.settings
+        budget = max(BEAM_WORK_BUDGET, settings.beam_width * settings.max_audio_seconds)
+        width = params.beam_width or settings.beam_width
+        try:
+            check_beam_work(width, audio.duration, params.hotwords, budget)
+        except ApiError:
+            ctx.metrics.reject("beam_search_too_large")
+            raise
     retry = {"Retry-After": str(ctx.settings.retry_after_s)}
 
     def unavailable(message: str, code: str) -> ApiError:
@@ -332,6 +403,15 @@ async def create_transcription(
     except DeadlineExceededError as exc:
         ctx.metrics.reject("timeout")
         raise ApiError(504, "the request timed out waiting for the model", code="timeout") from exc
+    except DecodeBudgetExceededError as exc:
+        ctx.metrics.reject("decode_timeout")
+        raise ApiError(
+            503,
+            f"{exc}: the server is too busy for this beam search now; retry later, or use a "
+            "smaller beam_width, fewer hotwords or decoder=greedy",
+            code="decode_timeout",
+            headers=retry,
+        ) from exc
     body, media = render(
         result.transcript, audio.duration, params.response_format, params.granularities
     )

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from model.beam_search import MAX_PIECE_FRAMES, piece_bounds
 from model.decoding import (
     FRAME_SECONDS,
     BeamConfig,
     BeamDecoders,
+    DecodeBudgetExceededError,
     LanguageColumns,
     Transcript,
     Word,
@@ -281,3 +285,54 @@ def test_hotwords_work_with_an_lm_for_words_it_never_saw(vocab: Vocabulary, en_l
     # "cad" is out of the LM's vocabulary; the hotword bonus outweighs the unknown-word cost.
     boosted = decoders.decode(logits[0], "en", lengths[0], hotwords=["cad"], hotword_weight=20.0)
     assert boosted.text == "the cad sat"
+
+
+def test_beam_search_in_a_child_matches_the_calling_thread(vocab: Vocabulary, en_lm: Path) -> None:
+    frames = spell("the ") + ambiguous_word("ca", {"d": 0.55, "t": 0.44}, " sat")
+    logits, lengths = batch(vocab, [frames, spell("der hund"), []])
+    langs, words = ["en", "de", "en"], [["cad"], None, None]
+    local = BeamDecoders(vocab, {"en": en_lm}, BeamConfig(time_budget_s=None))
+    child = BeamDecoders(vocab, {"en": en_lm}, BeamConfig(time_budget_s=10.0))
+    assert child.decode_batch(logits, lengths, langs, words) == local.decode_batch(
+        logits, lengths, langs, words
+    )
+    child.close()
+
+
+def test_beam_search_past_its_budget_is_stopped(vocab: Vocabulary) -> None:
+    # Random logits, a wide beam and many hotwords without an LM: minutes of work in
+    # pyctcdecode, which holds the GIL. The child running it is killed at the budget.
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 3000, len(vocab.tokens), generator=gen)
+    hotwords = [[f"catsat{i}" for i in range(100)]]
+    decoders = BeamDecoders(vocab, config=BeamConfig(time_budget_s=0.5))
+    decoders.decode_batch(logits[:, :10], [10], ["en"])  # the child is up and built
+    start = time.monotonic()
+    with pytest.raises(DecodeBudgetExceededError, match="0.5 s"):
+        decoders.decode_batch(logits, [3000], ["en"], hotwords, beam_width=256)
+    assert time.monotonic() - start < 1.5
+    # The next call gets a fresh child and works.
+    clear = batch(vocab, [spell("the cat")])
+    assert decoders.decode_batch(*clear, ["en"])[0].text == "the cat"
+    decoders.close()
+
+
+def test_long_beam_search_runs_in_pieces_cut_at_pauses(vocab: Vocabulary) -> None:
+    # 3 x 700 frames of "the cat sat ", each followed by a pause: over MAX_PIECE_FRAMES,
+    # so the search runs in pieces; every cut falls in a pause and the words keep their times.
+    unit = spell("the cat sat ")
+    unit += [{"": 0.99}] * (700 - len(unit))
+    logits, lengths = batch(vocab, [unit * 3])
+    columns = LanguageColumns.of(vocab, "en")
+    logp = torch.log_softmax(logits[0, : lengths[0], list(columns.ids)], dim=-1).numpy()
+    bounds = piece_bounds(logp)
+    assert bounds[0] == 0 and bounds[-1] == 2100 and len(bounds) == 3
+    assert all(b - a <= MAX_PIECE_FRAMES for a, b in itertools.pairwise(bounds))
+    assert all(logp[c].argmax() == 0 for c in bounds[1:-1])  # cut at a blank frame
+    for budget in (None, 10.0):
+        decoders = BeamDecoders(vocab, config=BeamConfig(time_budget_s=budget))
+        beam = decoders.decode_batch(logits, lengths, ["en"])[0]
+        greedy = greedy_decode_batch(logits, lengths, ["en"], vocab)[0]
+        assert beam.text == greedy.text == " ".join(["the cat sat"] * 3)
+        assert [round(w.start, 2) for w in beam.words] == [round(w.start, 2) for w in greedy.words]
+        decoders.close()
