@@ -22,6 +22,7 @@ def serve(
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.server import LassServer
     from service.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -50,13 +51,15 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
+    LassServer(config, app.state.ctx.streams, settings.stream_drain_s).run()
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The bundle shipped inside the package (written by ``lass train export``).
@@ -77,9 +77,32 @@ class Settings(BaseSettings):
     stream_partial_context_s: Annotated[float, Field(ge=0)] = 2.0
     stream_partial_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     stream_lid_seconds: Annotated[float, Field(gt=0)] = 1.0
+    # On SIGTERM, open streams get this long to send their finals before the WebSockets close.
+    stream_drain_s: Annotated[float, Field(ge=0)] = 10.0
 
     # Decoding: greedy is the fast path; beam search is used when asked for, when the
     # request carries hotwords, or always with decoder="beam".
     decoder: Literal["greedy", "beam"] = "greedy"
     beam_width: Annotated[int, Field(ge=1)] = 16
     decode_threads: Annotated[int, Field(ge=1)] = 2
+
+    # Access (docs/api.md, "Keys, limits and CORS"). API keys, comma-separated, each
+    # optionally followed by its scopes ("<key> admin"); a key may be given as its salted
+    # hash "sha256:<salt>:<hex>" (`lass keys hash`). Either setting turns keys on; with
+    # neither, every route is open as before. SecretStr: never shown in a repr or a log.
+    api_keys: SecretStr = SecretStr("")
+    # One key (or hash) per line, "#" comments; re-read when it changes (and on SIGHUP).
+    api_keys_file: Path | None = None
+    # Also serve /metrics, without a key, on this port (a second small server in the same
+    # process, bound to LASS_HOST): for a scraper on a network clients cannot reach.
+    metrics_port: Annotated[int | None, Field(ge=1, le=65535)] = None
+    # /metrics on the main port asks for a key like the API does (when keys are on).
+    metrics_require_key: bool = False
+    # Per key (per client address with keys off); 0 = no limit. Token buckets that refill
+    # continuously and hold one minute's worth. Audio seconds are counted after decoding.
+    rate_limit_requests_per_minute: Annotated[float, Field(ge=0)] = 0.0
+    rate_limit_audio_seconds_per_minute: Annotated[float, Field(ge=0)] = 0.0
+    max_streams_per_key: Annotated[int, Field(ge=0)] = 0
+    # Origins (comma-separated, or "*") whose pages may call the API from a browser; empty =
+    # no CORS headers at all. The page lass serves itself is same-origin and needs none.
+    cors_origins: str = ""

@@ -24,7 +24,14 @@ from fastapi import APIRouter, Depends, WebSocket
 from service.context import AppContext, get_context
 from service.engine import DecodeOptions
 from service.routers.stream import parse_json
-from service.streaming.channel import POLICY, Channel, StreamClosedError, client_error, serve_stream
+from service.streaming.channel import (
+    FINISH_FIRST,
+    POLICY,
+    Channel,
+    StreamClosedError,
+    client_error,
+    serve_stream,
+)
 from service.streaming.endpointer import EndpointConfig
 from service.streaming.pcm import PcmConverter, PcmFormat, PcmFormatError
 from service.streaming.session import (
@@ -390,7 +397,7 @@ class RealtimeStream:
                         )
                     )
         except StreamClosedError as exc:
-            if exc.reason in ("idle_timeout", "max_duration"):
+            if exc.reason in FINISH_FIRST:
                 await self.session.finish()
             raise
         finally:

@@ -19,6 +19,7 @@ from service.context import AppContext, get_context
 from service.engine import DecodeOptions
 from service.streaming.channel import (
     BAD_DATA,
+    FINISH_FIRST,
     POLICY,
     Channel,
     StreamClosedError,
@@ -230,7 +231,7 @@ async def run_native(channel: Channel, ctx: AppContext) -> None:
                     'and finally {"type": "stop"}',
                 )
         except StreamClosedError as exc:
-            if exc.reason in ("idle_timeout", "max_duration"):
+            if exc.reason in FINISH_FIRST:
                 await session.finish()  # what was said is still transcribed
             raise
         await session.feed(converter.flush())

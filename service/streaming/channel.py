@@ -9,7 +9,7 @@ Close codes (RFC 6455; docs/streaming.md lists them with their error codes):
 
 =====  ===========================================================================
 1000   normal: the client stopped and every final was sent
-1001   the server is shutting down
+1001   the server is shutting down (after the stream's finals)
 1007   a frame's payload is not what the stream declared (bad JSON, bad audio bytes)
 1008   a protocol or policy error: bad start message, idle timeout, stream too long
 1009   a frame larger than ``LASS_STREAM_MAX_FRAME_BYTES``
@@ -44,6 +44,10 @@ NORMAL, GOING_AWAY, BAD_DATA, POLICY, TOO_BIG, INTERNAL, TRY_LATER = (
     1011,
     1013,
 )
+
+
+# Ends after which what the stream received is still transcribed and sent.
+FINISH_FIRST = frozenset({"idle_timeout", "max_duration", "shutting_down"})
 
 
 class StreamClosedError(Exception):
@@ -135,6 +139,10 @@ class Channel:
         if self._handler is not None:
             self._handler.cancel()
 
+    def interrupt(self, reason: StreamClosedError) -> None:
+        """End the stream after the frames already received (``receive`` raises it)."""
+        self._queue.put_nowait(reason)
+
     def _too_big(self, size: int) -> StreamClosedError:
         limit = self.settings.stream_max_frame_bytes
         return client_error(
@@ -220,21 +228,11 @@ async def serve_stream(
     await ws.accept()
     channel = Channel(ws, ctx, f"{protocol}-{uuid.uuid4().hex[:12]}")
     registry = ctx.streams
-    if not registry.acquire():
-        ctx.metrics.stream_closes.labels(protocol=protocol, reason="too_many_streams").inc()
-        await channel.send(
-            error_event(
-                StreamClosedError(
-                    TRY_LATER,
-                    "too_many_streams",
-                    f"the server holds its maximum of {ctx.settings.max_streams} streams "
-                    "(LASS_MAX_STREAMS); retry later",
-                    "too_many_streams",
-                    "server_error",
-                )
-            )
-        )
-        await channel.close(TRY_LATER)
+    refusal = registry.acquire(channel)
+    if refusal is not None:
+        ctx.metrics.stream_closes.labels(protocol=protocol, reason=refusal.reason).inc()
+        await channel.send(error_event(refusal))
+        await channel.close(refusal.code)
         return
     ctx.metrics.stream_opened(protocol)
     reason = "normal"
@@ -275,7 +273,7 @@ async def serve_stream(
         await channel.close(INTERNAL)
     finally:
         await channel.stop_reader()
-        registry.release()
+        registry.release(channel)
         log.debug(
             "stream %s closed (%s) after %.1f s; %d open",
             channel.stream_id,
@@ -287,17 +285,64 @@ async def serve_stream(
 
 
 class StreamRegistry:
-    """How many streams are open, against ``LASS_MAX_STREAMS``."""
+    """The open streams, against ``LASS_MAX_STREAMS``; drains them at shutdown."""
 
     def __init__(self, max_streams: int) -> None:
         self.max_streams = max_streams
-        self.active = 0
+        self._channels: set[Channel] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.draining = False
 
-    def acquire(self) -> bool:
+    @property
+    def active(self) -> int:
+        return len(self._channels)
+
+    def acquire(self, channel: Channel) -> StreamClosedError | None:
+        """Register ``channel``, or the error to refuse it with."""
+        if self.draining:
+            return StreamClosedError(
+                TRY_LATER,
+                "shutting_down",
+                "the server is shutting down; connect to another instance or retry later",
+                "server_shutting_down",
+                "server_error",
+            )
         if self.active >= self.max_streams:
-            return False
-        self.active += 1
-        return True
+            return StreamClosedError(
+                TRY_LATER,
+                "too_many_streams",
+                f"the server holds its maximum of {self.max_streams} streams "
+                "(LASS_MAX_STREAMS); retry later",
+                "too_many_streams",
+                "server_error",
+            )
+        self._channels.add(channel)
+        self._empty.clear()
+        return None
 
-    def release(self) -> None:
-        self.active -= 1
+    def release(self, channel: Channel) -> None:
+        self._channels.discard(channel)
+        if not self._channels:
+            self._empty.set()
+
+    async def drain(self, timeout: float) -> int:
+        """Shutdown: refuse new streams; tell every open one to finish (each transcribes
+        what it received, sends its finals, an error event ``server_shutting_down`` and
+        closes with 1001); wait up to ``timeout`` s. Returns how many were still open."""
+        self.draining = True
+        for channel in list(self._channels):
+            channel.interrupt(
+                StreamClosedError(
+                    GOING_AWAY,
+                    "shutting_down",
+                    "the server is shutting down; what was received has been transcribed; "
+                    "reconnect to continue",
+                    "server_shutting_down",
+                    "server_error",
+                )
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
+        return self.active

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -461,3 +462,39 @@ def test_lass_stream_and_lass_transcribe_commands(
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert missing.returncode == 1 and "cannot reach" in missing.stderr
+
+
+# ------------------------------------------------------------ shutdown
+def test_sigterm_lets_open_streams_send_their_finals_then_closes_them_with_1001(
+    tmp_path: Path, tiny_bundle: Path, speech: dict[str, list[Utterance]]
+) -> None:
+    srv = serve(tmp_path, tiny_bundle)
+    pcm = talk(speech["de"][:1], pause=0.5)[:-RATE]  # ends mid-speech: utterance open
+
+    async def run() -> tuple[list[dict[str, Any]], int | None, int | None]:
+        async with websockets.connect(ws_url(srv, "/v1/stream")) as ws:
+            await ws.send(START)
+            await ws.recv()
+            await ws.send(pcm)
+            await asyncio.sleep(0.5)
+            srv.process.terminate()  # SIGTERM
+            events: list[dict[str, Any]] = []
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    events.append(json.loads(await ws.recv()))
+            refused = None
+            try:  # a stream opened during the drain is refused
+                await exchange(ws_url(srv, "/v1/stream"), [START], wait=2)
+            except OSError:
+                refused = -1  # the listener may already be closed: refused either way
+            return events, ws.close_code, refused
+
+    try:
+        events, close, _ = asyncio.run(run())
+        code = srv.process.wait(timeout=30)
+    finally:
+        stop_server(srv)
+    kinds = [e["type"] for e in events]
+    assert "final" in kinds, kinds
+    assert kinds[-1] == "error" and events[-1]["error"]["code"] == "server_shutting_down"
+    assert close == 1001 and code in (0, -15)  # uvicorn re-raises the SIGTERM it handled
