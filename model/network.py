@@ -2,8 +2,9 @@
 
 The conv feature encoder, feature projection, positional convolution and norms come from
 ``torchaudio.models.wav2vec2_model`` unchanged and run once for the whole batch. Every
-linear layer in the prunable scope is a :class:`MaskedLinear`: for a batch sorted by
-language it computes each language's contiguous slice with ``W ⊙ M_lang``. Because the
+linear layer in the prunable scope is a :class:`~model.masked_linear.MaskedLinear`
+(``model/masked_linear.py``): for a batch sorted by language it computes each language's
+contiguous slice with ``W ⊙ M_lang``. Because the
 mask multiplies the weight inside autograd, a pruned weight gets exactly zero gradient and
 a weight kept by several languages accumulates the sum of their gradients.
 """
@@ -11,21 +12,17 @@ a weight kept by several languages accumulates the sum of their gradients.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from model.cache import MaskedWeightCache
 from model.config import BackboneConfig, LidInput, check_lid_input
+from model.masked_linear import Group, MaskedLinear, MaskRoute
 from model.masks import DEFAULT_SCOPE, LanguageMasks, prunable_parameter_names
-
-# (language name or None for the dense weights, first row, end row) over the sorted batch
-Group = tuple[str | None, int, int]
 
 
 @dataclass
@@ -38,237 +35,6 @@ class ModelOutput:
     # [B, L] language identification, when this pass computed the LID head's input: always
     # for a "features" head, only in a dense pass (lang_ids None) for an "encoder" head
     lid_logits: Tensor | None
-
-
-@dataclass
-class _Route:
-    """Per-forward routing shared by every MaskedLinear of one model (not a module).
-
-    One forward at a time per model: the groups are set around the transformer call.
-    """
-
-    masks: LanguageMasks | None = None
-    groups: list[Group] | None = None
-    lang_ids: Tensor | None = None  # [B] in the transformer's (sorted) batch order
-    cache: MaskedWeightCache | None = None
-    # Inference scratch buffers, keyed by (slot, shape, dtype, device): a materialized weight is
-    # consumed by one matmul before the next is built, so one buffer per shape serves all
-    # layers and languages and no large allocation (page faults) happens per layer.
-    scratch: dict[tuple[object, ...], Tensor] = field(default_factory=dict)
-
-    def buffer(
-        self, shape: torch.Size, dtype: torch.dtype, device: torch.device, slot: str
-    ) -> Tensor:
-        key = (slot, tuple(shape), dtype, device)
-        buf = self.scratch.get(key)
-        if buf is None:
-            buf = self.scratch[key] = torch.empty(shape, dtype=dtype, device=device)
-        return buf
-
-
-class MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose weight is multiplied by the keep-mask of each language group.
-
-    Parameter names stay ``weight``/``bias`` so state dicts match torchaudio's.
-    """
-
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool, mask_name: str, route: _Route
-    ):
-        super().__init__(in_features, out_features, bias=bias)
-        self.mask_name = mask_name  # this weight's name in LassModel.named_parameters()
-        self._route = route
-
-    def masked_weight(self, language: str | None) -> Tensor:
-        """``W ⊙ M_language`` ``[out, in]`` (``W`` itself for ``None``); differentiable.
-
-        The reference for :class:`_GroupedMaskedLinear`: ``where`` gives exactly 0 gradient
-        where the mask is 0. The forward itself does not use it.
-        """
-        masks = self._route.masks
-        if language is None or masks is None:
-            return self.weight
-        mask = masks.get(language, self.mask_name)
-        return torch.where(mask, self.weight, 0.0)
-
-    def _inference_weight(self, language: str | None) -> Tensor:
-        """``W ⊙ M_language`` for no-grad use: from the cache, or built in a scratch buffer."""
-        masks = self._route.masks
-        if language is None or masks is None:
-            return self.weight
-        w = self.weight
-        cache = self._route.cache
-        key = None
-        if cache is not None:
-            key = (
-                self.mask_name,
-                language,
-                masks.generation(language),
-                w._version,
-                w.data_ptr(),
-                w.dtype,
-            )
-            hit = cache.get(key)
-            if hit is not None:
-                return hit
-        # A 0/1 mask in the weight's dtype and a product: for finite weights the same values
-        # as where() (up to the sign of zeros, which no sum can see), ~5x faster to build.
-        keep = self._route.buffer(w.shape, w.dtype, w.device, slot="mask")
-        masks.unpack_into(language, self.mask_name, keep)
-        if cache is not None and key is not None and cache.would_fit(w.numel() * w.element_size()):
-            out = w * keep
-            cache.put(key, out)
-            return out
-        return torch.mul(w, keep, out=self._route.buffer(w.shape, w.dtype, w.device, slot="weight"))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x ``[B, ..., in]``, batch sorted as ``route.groups`` says -> ``[B, ..., out]``."""
-        groups = self._route.groups
-        if groups is None or self._route.masks is None:
-            return F.linear(x, self.weight, self.bias)
-        if not torch.is_grad_enabled():
-            if torch.is_autocast_enabled(x.device.type):  # out= matmuls bypass autocast
-                outs = [
-                    F.linear(x[s:e], self._inference_weight(g), self.bias) for g, s, e in groups
-                ]
-                return torch.cat(outs, dim=0)
-            return self._forward_inference(x, groups)
-        return self._forward_autograd(x, groups)
-
-    def _forward_autograd(self, x: Tensor, groups: list[Group]) -> Tensor:
-        """``_GroupedMaskedLinear`` (W ⊙ M per group, exact gradients), autocast-aware."""
-        w: Tensor = self.weight
-        b: Tensor | None = self.bias
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            # Do what autocast does for F.linear (run in the autocast dtype; autograd casts
-            # the gradients back), then call the Function with autocast off.
-            dtype = torch.get_autocast_dtype(device_type)
-            x, w = x.to(dtype), w.to(dtype)
-            b = b.to(dtype) if b is not None else None
-            with torch.autocast(device_type, enabled=False):
-                return _GroupedMaskedLinear.apply(x, w, b, self, groups)
-        return _GroupedMaskedLinear.apply(x, w, b, self, groups)
-
-    def _scratch_masked_weight(
-        self, masks: LanguageMasks, language: str, weight: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """(``M_language`` as 0/1 in ``weight``'s dtype, ``weight ⊙ M``), both ``[out, in]``.
-
-        Both live in the route's scratch buffers: valid until the next call for this shape.
-        """
-        route = self._route
-        keep = route.buffer(weight.shape, weight.dtype, weight.device, slot="mask")
-        masks.unpack_into(language, self.mask_name, keep)
-        out = route.buffer(weight.shape, weight.dtype, weight.device, slot="weight")
-        return keep, torch.mul(weight, keep, out=out)
-
-    def _forward_inference(self, x: Tensor, groups: list[Group]) -> Tensor:
-        # Each group's matmul writes straight into its rows of one output: no concatenation.
-        x = x.contiguous()
-        rows = x[0].numel() // self.in_features  # tokens per sample
-        out = x.new_empty(*x.shape[:-1], self.out_features)
-        out2d = out.view(-1, self.out_features)
-        x2d = x.view(-1, self.in_features)
-        for lang, s, e in groups:
-            w = self._inference_weight(lang)
-            torch.mm(x2d[s * rows : e * rows], w.t(), out=out2d[s * rows : e * rows])
-        if self.bias is not None:
-            # One bias add over the whole output rather than one bias copy per group
-            # (addmm(bias, ..., out=) broadcasts the bias into its output first).
-            out2d.add_(self.bias)
-        return out
-
-
-class _GroupedMaskedLinear(torch.autograd.Function):
-    """``y[rows of g] = x[rows of g] @ (W ⊙ M_g)^T + b`` for each language group ``g``.
-
-    Same values and gradients as ``F.linear`` per group with ``where(M_g, W, 0)`` and
-    concatenation, but cheaper:
-
-    - ``M_g`` is a 0/1 mask gathered in the weight's dtype and multiplied (no bool unpack
-      plus ``where``), into scratch buffers; each group's matmul writes straight into its
-      rows of one output (no ``cat``), and the bias is added once.
-    - Nothing weight-sized is saved for backward (autograd through ``where`` keeps the bool
-      mask and ``W ⊙ M_g`` per group): the masks are gathered again from the packed bits,
-      which costs about as much as reading a saved float mask.
-    - ``grad_W = sum_g (grad_y_g^T @ x_g) ⊙ M_g``, accumulated in one tensor: exactly 0
-      where every group's mask is 0 (for finite gradients), the sum over the groups that
-      keep a weight otherwise.
-
-    x ``[B, ..., in]`` with the batch sorted as ``groups`` says (``(language or None, first
-    sample, end sample)``), weight ``[out, in]``, bias ``[out]`` or None -> ``[B, ..., out]``.
-    Once differentiable (no double backward).
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        layer: MaskedLinear,
-        groups: list[Group],
-    ) -> Tensor:
-        masks = layer._route.masks
-        assert masks is not None
-        x = x.contiguous()
-        out_f, in_f = weight.shape
-        rows = x[0].numel() // in_f if x.shape[0] else 0  # tokens per sample
-        out = x.new_empty(*x.shape[:-1], out_f)
-        out2d, x2d = out.view(-1, out_f), x.view(-1, in_f)
-        for lang, s, e in groups:
-            w = weight
-            if lang is not None:
-                _, w = layer._scratch_masked_weight(masks, lang, weight)
-            torch.mm(x2d[s * rows : e * rows], w.t(), out=out2d[s * rows : e * rows])
-        if bias is not None:
-            out2d.add_(bias)
-        ctx.save_for_backward(x, weight)
-        ctx.layer = layer
-        ctx.masks = masks
-        ctx.groups = list(groups)
-        # Masks are gathered again in backward: refuse if a language was re-added meanwhile.
-        ctx.generations = [masks.generation(g) if g is not None else 0 for g, _, _ in groups]
-        ctx.rows = rows
-        ctx.has_bias = bias is not None
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_out: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
-        x, weight = ctx.saved_tensors
-        layer: MaskedLinear = ctx.layer
-        masks: LanguageMasks = ctx.masks
-        rows: int = ctx.rows
-        out_f, in_f = weight.shape
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        go2d = grad_out.contiguous().view(-1, out_f)
-        x2d = x.view(-1, in_f)
-        grad_x = torch.empty_like(x) if need_x else None
-        gx2d = grad_x.view(-1, in_f) if grad_x is not None else None
-        grad_w: Tensor | None = None
-        for (lang, s, e), gen in zip(ctx.groups, ctx.generations, strict=True):
-            go_g, x_g = go2d[s * rows : e * rows], x2d[s * rows : e * rows]
-            keep, w = None, weight
-            if lang is not None:
-                if masks.generation(lang) != gen:
-                    raise RuntimeError(f"masks of {lang!r} changed between forward and backward")
-                # The forward's mask and W ⊙ M, gathered and multiplied again (cheap).
-                keep, w = layer._scratch_masked_weight(masks, lang, weight)
-            if gx2d is not None:
-                torch.mm(go_g, w, out=gx2d[s * rows : e * rows])
-            if need_w:
-                g = go_g.t().mm(x_g)  # [out, in]
-                if keep is not None:
-                    g.mul_(keep)
-                grad_w = g if grad_w is None else grad_w.add_(g)
-        if need_w and grad_w is None:  # no groups (empty batch)
-            grad_w = torch.zeros_like(weight)
-        grad_b = go2d.sum(0) if need_b and ctx.has_bias else None
-        return grad_x, grad_w, grad_b, None, None
 
 
 class LanguageIdHead(nn.Module):
@@ -373,7 +139,7 @@ class LassModel(nn.Module):
             self.replace_lid_head(lid_input)
         self.encoder.apply(_init_linear)
         _init_linear(self.ctc_head)
-        self._route = _Route()
+        self._route = MaskRoute()
         self._install_masked_linears()
 
     def replace_lid_head(self, lid_input: LidInput) -> None:

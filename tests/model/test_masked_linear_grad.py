@@ -1,4 +1,5 @@
-"""The masked linear's autograd path (``_GroupedMaskedLinear``) against the ``where`` reference."""
+"""The masked linear's paths (autograd ``_GroupedMaskedLinear``, no-grad, autocast) against
+the ``where`` reference."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.cache import MaskedWeightCache
+from model.masked_linear import Group, MaskedLinear, MaskRoute, _GroupedMaskedLinear
 from model.masks import LanguageMasks
-from model.network import Group, MaskedLinear, _GroupedMaskedLinear, _Route
 
 NAME = "layer.weight"
 
@@ -20,7 +22,7 @@ def _layer(
     masks = LanguageMasks({NAME: (out_f, in_f)})
     for lang in ("a", "b", "c"):
         masks.add(lang, {NAME: torch.rand(out_f, in_f, generator=gen) < 0.5})
-    layer = MaskedLinear(in_f, out_f, bias, NAME, _Route(masks=masks, groups=groups))
+    layer = MaskedLinear(in_f, out_f, bias, NAME, MaskRoute(masks=masks, groups=groups))
     with torch.no_grad():
         layer.weight.copy_(torch.randn(out_f, in_f, generator=gen))
         if layer.bias is not None:
@@ -28,9 +30,18 @@ def _layer(
     return layer.to(dtype)
 
 
+def _where_weight(layer: MaskedLinear, language: str | None) -> torch.Tensor:
+    """``where(M_language, W, 0)`` ``[out, in]`` (``W`` for None): exactly 0 gradient where
+    the mask is 0, the plainest statement of what the layer computes."""
+    masks = layer._route.masks
+    if language is None or masks is None:
+        return layer.weight
+    return torch.where(masks.get(language, NAME), layer.weight, 0.0)
+
+
 def _reference(layer: MaskedLinear, x: torch.Tensor, groups: list[Group]) -> torch.Tensor:
     """Per-group ``F.linear`` with ``where(M, W, 0)``, concatenated (the old autograd path)."""
-    outs = [F.linear(x[s:e], layer.masked_weight(lang), layer.bias) for lang, s, e in groups]
+    outs = [F.linear(x[s:e], _where_weight(layer, lang), layer.bias) for lang, s, e in groups]
     return torch.cat(outs, dim=0)
 
 
@@ -117,3 +128,46 @@ def test_masks_re_added_between_forward_and_backward_are_refused() -> None:
     masks.add("b", {NAME: torch.ones(8, 8, dtype=torch.bool)})
     with pytest.raises(RuntimeError, match="changed between forward and backward"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize(("in_f", "out_f", "groups"), GROUPINGS)
+@pytest.mark.parametrize("cached", [False, True])
+def test_no_grad_path_equals_where_reference(
+    in_f: int, out_f: int, groups: list[Group], cached: bool
+) -> None:
+    layer = _layer(in_f, out_f, groups, torch.float64)
+    if cached:
+        layer._route.cache = MaskedWeightCache(1 << 20)
+    x = torch.randn(groups[-1][2], 3, in_f, dtype=torch.float64)
+    with torch.no_grad():
+        got = layer(x)
+        again = layer(x)  # from the cache when there is one, rebuilt otherwise
+        want = _reference(layer, x, groups)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_empty_batch_gives_an_empty_output(grad: bool) -> None:
+    # no_grad used to index x[0] of an empty batch (IndexError)
+    layer = _layer(6, 4, [], torch.float32)
+    x = torch.empty(0, 3, 6, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out = layer(x)
+    assert out.shape == (0, 3, 4)
+    if grad:
+        gx, gw = torch.autograd.grad(out.sum(), (x, layer.weight))
+        assert gx.shape == x.shape and torch.all(gw == 0)
+
+
+def test_no_grad_under_bf16_autocast_matches_the_training_path() -> None:
+    groups: list[Group] = [("a", 0, 2), (None, 2, 3), ("b", 3, 4)]
+    layer = _layer(16, 8, groups, torch.float32)
+    layer._route.cache = MaskedWeightCache(1 << 20)
+    x = torch.randn(4, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = layer(x.requires_grad_(True))
+        with torch.no_grad():
+            served = layer(x)
+    assert served.dtype == trained.dtype == torch.bfloat16
+    torch.testing.assert_close(served, trained.detach(), rtol=0, atol=0)
