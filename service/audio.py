@@ -36,7 +36,15 @@ from service.errors import openai_error_body
 
 TARGET_RATE = 16_000
 MAX_CHANNELS = 64
-PCM_RATE_RANGE = (1_000, 384_000)
+# Sample rates accepted, files and raw PCM alike: telephone (8 kHz) to studio (192 kHz).
+# Outside it a tiny file becomes a huge job: a 3.6 KB WAV declaring 1 Hz is 1 799 s of
+# 16 kHz audio; a 312 KB FLAC of silence at 384 kHz decoded for 94 s into 3.7 GB.
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 192_000
+PCM_RATE_RANGE = (MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
+# libsndfile's frame count when the header does not say (SF_COUNT_MAX), e.g. a FLAC
+# written to a pipe, whose STREAMINFO holds 0 samples.
+_UNKNOWN_FRAMES = 2**63 - 1
 
 # ---------------------------------------------------------------------------- errors
 
@@ -70,6 +78,13 @@ class UnsupportedAudioError(AudioError):
 
     status_code = 415
     code = "unsupported_audio"
+
+
+class InvalidAudioError(AudioError):
+    """Audio that decodes but holds values no microphone makes: NaN or infinite (400)."""
+
+    status_code = 400
+    code = "invalid_audio"
 
 
 class InvalidAudioParameterError(AudioError):
@@ -210,6 +225,15 @@ def _too_long(seconds: float, max_duration: float) -> AudioTooLongError:
     )
 
 
+def _check_rate(rate: int) -> None:
+    """UnsupportedAudioError (415) unless ``rate`` is within the supported range."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise UnsupportedAudioError(
+            f"unsupported sample rate {rate} Hz: lass reads {MIN_SAMPLE_RATE} to "
+            f"{MAX_SAMPLE_RATE} Hz"
+        )
+
+
 def _check_duration(frames: int, rate: int, max_duration: float | None) -> None:
     if max_duration is not None and frames > max_duration * rate:
         raise _too_long(frames / rate, max_duration)
@@ -241,6 +265,7 @@ class _MonoStream:
         self.rate = rate
         self.channels = channels
         self.frames = 0  # input frames seen, at ``rate``
+        self._converted = 0  # input frames downmixed so far
         self._limit = max(1, int(buffer_s * rate))
         self._pending: list[np.ndarray] = []
         self._pending_frames = 0
@@ -271,6 +296,16 @@ class _MonoStream:
         # (numpy's mean over that strided axis was 7 ms for 4 s of stereo at 44.1 kHz).
         block = block.astype(np.float32, copy=False)
         mono = self._weights @ block if self.channels > 1 else block[0]
+        # NaN or infinity in any channel makes the mean non-finite; the model would turn
+        # it into an empty transcript, so say what is wrong instead of guessing values.
+        finite = np.isfinite(mono)
+        if not finite.all():
+            first = (self._converted + int(np.argmin(finite))) / self.rate
+            raise InvalidAudioError(
+                f"the audio holds NaN or infinite sample values (the first at {first:.3f} s):"
+                " send finite samples"
+            )
+        self._converted += mono.shape[0]
         if self._resampler is None:
             self._out.append(np.array(mono, dtype=np.float32))
             return
@@ -321,7 +356,9 @@ def _decode_soundfile(
             rate, channels, subtype = f.samplerate, f.channels, f.subtype
             if rate <= 0 or not 0 < channels <= MAX_CHANNELS:
                 return None
-            _check_duration(f.frames, rate, max_duration)  # from the header, before reading
+            _check_rate(rate)
+            if f.frames != _UNKNOWN_FRAMES:  # from the header, before reading
+                _check_duration(f.frames, rate, max_duration)
             mono = _MonoStream(rate, channels)
             # Headers can misstate the length (truncated or streamed files): count as we go.
             # (f.read stops at the real end; f.blocks would pad to the header's length.)
@@ -359,7 +396,11 @@ def _decode_pyav(source: BinaryIO, fmt: str, max_duration: float | None) -> Deco
         if not container.streams.audio:
             raise UnsupportedAudioError("the file has no audio stream")
         stream = container.streams.audio[0]
+        if stream.codec_context is None or stream.codec_context.codec is None:  # no decoder
+            raise UnsupportedAudioError(f"the {fmt} file holds audio in an unsupported codec")
         codec = stream.codec_context.codec.canonical_name  # "mp3", not decoder "mp3float"
+        if stream.codec_context.sample_rate:  # 0: the header does not say; frames will
+            _check_rate(stream.codec_context.sample_rate)
         name = fmt
         if max_duration is not None and container.duration is not None:
             declared = container.duration / av.time_base
@@ -374,13 +415,14 @@ def _decode_pyav(source: BinaryIO, fmt: str, max_duration: float | None) -> Deco
             for frame in container.decode(stream):
                 if mono is None:
                     channels = len(frame.layout.channels)
-                    if not 0 < channels <= MAX_CHANNELS or frame.sample_rate <= 0:
-                        raise UnsupportedAudioError(
-                            f"unsupported audio: {channels} channels at {frame.sample_rate} Hz"
-                        )
+                    if not 0 < channels <= MAX_CHANNELS:
+                        raise UnsupportedAudioError(f"unsupported audio: {channels} channels")
+                    _check_rate(frame.sample_rate)
                     mono, layout = _MonoStream(frame.sample_rate, channels), frame.layout.name
                 # Most decoders (mp3, aac, opus, vorbis) already give float planar.
                 same = frame.sample_rate == mono.rate and frame.layout.name == layout
+                if frame.sample_rate != mono.rate:  # a rate change mid-stream
+                    _check_rate(frame.sample_rate)
                 if frame.format.name == "fltp" and same:
                     converted = [frame]
                 else:

@@ -30,7 +30,14 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from model.decoding import DecodeBudgetExceededError
-from service.audio import AudioError, DecodedAudio, decode_audio, decode_pcm
+from service.audio import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioError,
+    DecodedAudio,
+    decode_audio,
+    decode_pcm,
+)
 from service.batcher import DeadlineExceededError, QueueFullError, ShuttingDownError
 from service.context import AppContext, get_context
 from service.engine import MIN_SAMPLES, DecodeOptions, NotReadyError, TranscriptionResult
@@ -168,8 +175,11 @@ def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
         params.beam_width = int(beam_width)
     sample_rate = _number(fields, "sample_rate", int)
     if sample_rate is not None:
-        if not 1000 <= sample_rate <= 384_000:
-            raise bad_field("sample_rate", "sample_rate must be between 1000 and 384000 Hz")
+        if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+            raise bad_field(
+                "sample_rate",
+                f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz",
+            )
         params.sample_rate = int(sample_rate)
     channels = _number(fields, "channels", int)
     if channels is not None:

@@ -7,6 +7,7 @@ Every test here failed before its fix; docs/reliability.md lists them.
 from __future__ import annotations
 
 import io
+import struct
 import time
 from pathlib import Path
 
@@ -17,7 +18,11 @@ import soundfile as sf
 
 from service.audio import (
     ALLOWED_CONTAINERS,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
     TARGET_RATE,
+    AudioTooLongError,
+    InvalidAudioError,
     UnsupportedAudioError,
     decode_audio,
     sniff_format,
@@ -125,3 +130,102 @@ def test_aiff_and_caf_and_adts_decode(tmp_path: Path) -> None:
     decoded = decode_audio(buf.getvalue())
     assert (decoded.format, decoded.codec) == ("aac", "aac")
     assert abs(decoded.duration - 1.0) < 0.1
+
+
+def riff_wav(
+    fmt_tag: int = 1, channels: int = 1, rate: int = 16_000, bits: int = 16, data: bytes = b""
+) -> bytes:
+    """A WAV with the header fields given, as written by hand (soundfile refuses bad ones)."""
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * block, block, bits)
+    body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"bits": 0}, {"fmt_tag": 0x1234}, {"fmt_tag": 0}, {"channels": 0}, {"rate": 0}],
+    ids=["0-bits", "unknown-tag", "tag-0", "0-channels", "rate-0"],
+)
+def test_broken_wav_headers_are_415(header: dict[str, int]) -> None:
+    with pytest.raises(UnsupportedAudioError):
+        decode_audio(riff_wav(data=b"\0" * 3200, **header))
+
+
+def flac_of_unknown_length(samples: np.ndarray, rate: int = TARGET_RATE) -> bytes:
+    """A FLAC as an encoder writing to a pipe leaves it: STREAMINFO's total samples and
+    MD5 are 0 (the encoder could not seek back to fill them in)."""
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="FLAC")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first
+    fields = 8 + 10  # after the magic, the block header and min/max block and frame sizes
+    packed = int.from_bytes(data[fields : fields + 8], "big") & ~((1 << 36) - 1)
+    data[fields : fields + 8] = packed.to_bytes(8, "big")
+    data[fields + 8 : fields + 24] = bytes(16)
+    return bytes(data)
+
+
+def test_flac_of_unknown_length_is_read_to_its_end() -> None:
+    x = tone(3.0)
+    decoded = decode_audio(flac_of_unknown_length(x), max_duration=1800)
+    assert abs(decoded.duration - 3.0) < 0.01
+    with pytest.raises(AudioTooLongError) as info:
+        decode_audio(flac_of_unknown_length(tone(12.0)), max_duration=10)
+    assert "at least 1" in info.value.message  # counted while decoding, not 5.8e14 s
+
+
+def test_non_finite_samples_are_400_saying_so() -> None:
+    x = tone(2.0)
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[int(0.5 * TARGET_RATE) :: 100] = bad  # 1 % of the samples from 0.5 s on
+        buf = io.BytesIO()
+        sf.write(buf, y, TARGET_RATE, format="WAV", subtype="FLOAT")
+        with pytest.raises(InvalidAudioError) as info:
+            decode_audio(buf.getvalue())
+        assert info.value.status_code == 400 and info.value.code == "invalid_audio"
+        assert "NaN or infinite" in info.value.message and "0.500 s" in info.value.message
+
+
+@pytest.mark.parametrize("rate", [1, 4_000, 7_999, 192_001, 384_000])
+def test_sample_rates_outside_the_range_are_415_before_decoding(rate: int) -> None:
+    # 1 Hz: a 3.6 KB WAV that decoded to 1 799 s of 16 kHz audio; 384 kHz: a small FLAC of
+    # silence that decoded for 94 s into 3.7 GB.
+    samples = np.zeros(max(rate, 1) * 2, dtype=np.float32)
+    for data in (riff_wav(rate=rate, data=b"\0" * 3600), flac_or_wav(samples, rate)):
+        start = time.monotonic()
+        with pytest.raises(UnsupportedAudioError, match="sample rate"):
+            decode_audio(data, max_duration=1800)
+        assert time.monotonic() - start < 0.5
+
+
+def flac_or_wav(samples: np.ndarray, rate: int) -> bytes:
+    """FLAC where libsndfile writes the rate, else a 16-bit WAV."""
+    buf = io.BytesIO()
+    try:
+        sf.write(buf, samples, rate, format="FLAC")
+    except sf.LibsndfileError:
+        buf = io.BytesIO()
+        sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_rates_at_the_range_ends_decode() -> None:
+    for rate in (MIN_SAMPLE_RATE, MAX_SAMPLE_RATE):
+        buf = io.BytesIO()
+        sf.write(buf, tone(1.0, rate), rate, format="FLAC")
+        assert abs(decode_audio(buf.getvalue()).duration - 1.0) < 0.01
+
+
+def test_duration_limit_holds_while_decoding_a_header_that_lies() -> None:
+    # A WAV whose data chunk claims 4 s but holds 20 s: counted while reading.
+    data = bytearray(riff_wav(data=(tone(20.0) * 32767).astype("<i2").tobytes()))
+    size_at = data.index(b"data") + 4
+    data[size_at : size_at + 4] = struct.pack("<I", 4 * TARGET_RATE * 2)
+    try:
+        decoded = decode_audio(bytes(data), max_duration=10)
+    except AudioTooLongError:
+        return
+    assert decoded.duration <= 10.5
