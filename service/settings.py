@@ -73,8 +73,10 @@ class Settings(BaseSettings):
     stream_buffer_bytes: Annotated[int, Field(ge=1024)] = 4 << 20
     stream_max_utterance_s: Annotated[float, Field(ge=1)] = 20.0
     stream_silence_ms: Annotated[int, Field(ge=0)] = 400
-    stream_partial_interval_ms: Annotated[int, Field(ge=50)] = 400
-    stream_partial_context_s: Annotated[float, Field(ge=0)] = 2.0
+    # Each partial recomputes context + 0.2 s + the new audio: with 1 s of context every
+    # 0.5 s a stream costs ~3.4 s of model audio per second for partials (docs/streaming.md).
+    stream_partial_interval_ms: Annotated[int, Field(ge=50)] = 500
+    stream_partial_context_s: Annotated[float, Field(ge=0)] = 1.0
     stream_partial_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     stream_lid_seconds: Annotated[float, Field(gt=0)] = 1.0
     # On SIGTERM, open streams get this long to send their finals before the WebSockets close.

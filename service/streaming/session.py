@@ -87,8 +87,8 @@ class StreamOptions:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     vad: bool = True  # False: utterances end only at commit (Realtime turn_detection null)
-    partial_interval_s: float = 0.4
-    partial_context_s: float = 2.0
+    partial_interval_s: float = 0.5
+    partial_context_s: float = 1.0
     lid_seconds: float = 1.0
     vad_block_s: float = 0.256
 
