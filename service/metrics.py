@@ -9,8 +9,10 @@ checked against it in the tests.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -136,7 +138,7 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(
             "lass_model",
             "info",
-            "The loaded bundle (path, languages), device, dtype and lass version.",
+            "The loaded bundle (name@manifest hash, languages), device, dtype and lass version.",
         ),
     )
 }
@@ -157,6 +159,18 @@ _PROCESS_SAMPLES = (
 METRIC_NAMES: frozenset[str] = frozenset(
     name for spec in SPECS.values() for name in spec.sample_names()
 ) | frozenset(_PROCESS_SAMPLES)
+
+
+def bundle_label(bundle: str) -> str:
+    """``<directory name>@<first 12 hex digits of sha256(manifest.json)>``: which bundle
+    (its manifest lists every file's checksum, so the hash names its content), without
+    the path. Just the name when the manifest cannot be read."""
+    path = Path(bundle)
+    try:
+        digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()[:12]
+    except OSError:
+        return path.name
+    return f"{path.name}@{digest}"
 
 
 class ServiceMetrics:
@@ -273,9 +287,11 @@ class ServiceMetrics:
     def set_model_info(
         self, bundle: str, languages: Sequence[str], device: str, dtype: str
     ) -> None:
+        """``bundle``: the bundle's directory; exposed as :func:`bundle_label`, never the
+        path (anyone who can scrape /metrics would learn the server's file layout)."""
         self.model_info.info(
             {
-                "bundle": bundle,
+                "bundle": bundle_label(bundle),
                 "languages": ",".join(sorted(languages)),
                 "device": device,
                 "dtype": dtype,

@@ -23,11 +23,13 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from model.decoding import DecodeBudgetExceededError
 from service.audio import (
@@ -48,6 +50,7 @@ log = logging.getLogger("lass.service")
 router = APIRouter(tags=["audio"])
 
 PATH = "/v1/audio/transcriptions"
+CLIENT_CLOSED = 499
 # OpenAI fields lass accepts but has no use for (a CTC model has no prompt or sampling).
 IGNORED_FIELDS = frozenset({"prompt", "stream", "include[]", "chunking_strategy"})
 KNOWN_FIELDS = frozenset(
@@ -121,9 +124,9 @@ def _number(
     try:
         value = kind(raw)
     except ValueError:
-        raise bad_field(name, f"'{name}' must be a number, got {raw!r}") from None
+        raise bad_field(name, f"'{name}' must be a number, got {_echo(raw)!r}") from None
     if not math.isfinite(value):
-        raise bad_field(name, f"'{name}' must be finite, got {raw!r}")
+        raise bad_field(name, f"'{name}' must be finite, got {_echo(raw)!r}")
     return value
 
 
@@ -131,7 +134,8 @@ def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
     """Validate text fields (each a list of its values); ApiError 400 naming the field."""
     unknown = sorted(set(fields) - KNOWN_FIELDS)
     if unknown:
-        raise bad_field(unknown[0], f"unknown field '{unknown[0]}'", code="unknown_parameter")
+        name = _echo(unknown[0])
+        raise bad_field(name, f"unknown field '{name}'", code="unknown_parameter")
     params = TranscriptionParams(model=_one(fields, "model") or None)
     params.language = (_one(fields, "language") or "").lower() or None
     response_format = _one(fields, "response_format") or "json"
@@ -139,7 +143,7 @@ def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
         raise bad_field(
             "response_format",
             f"response_format must be one of {', '.join(RESPONSE_FORMATS)}; "
-            f"got {response_format!r}",
+            f"got {_echo(response_format)!r}",
         )
     params.response_format = response_format
     temperature = _number(fields, "temperature", float)
@@ -155,7 +159,7 @@ def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
         if g not in GRANULARITIES:
             raise bad_field(
                 "timestamp_granularities[]",
-                f"timestamp_granularities[] values are 'word' and 'segment'; got {g!r}",
+                f"timestamp_granularities[] values are 'word' and 'segment'; got {_echo(g)!r}",
             )
     if grans and response_format != "verbose_json":
         raise bad_field(
@@ -166,7 +170,7 @@ def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
     params.hotwords = parse_hotwords(fields)
     decoder = _one(fields, "decoder")
     if decoder is not None and decoder not in ("greedy", "beam"):
-        raise bad_field("decoder", f"decoder must be 'greedy' or 'beam'; got {decoder!r}")
+        raise bad_field("decoder", f"decoder must be 'greedy' or 'beam'; got {_echo(decoder)!r}")
     params.decoder = decoder
     beam_width = _number(fields, "beam_width", int)
     if beam_width is not None:
@@ -247,6 +251,13 @@ class Upload:
     pcm: bool
 
 
+def _client_closed() -> ApiError:
+    """The client went away mid-upload: nobody reads the answer, but the request metrics
+    count it as 499 (nginx's "client closed request"), and it is no server error."""
+    log.info("the client closed the connection during its upload")
+    return ApiError(CLIENT_CLOSED, "the client closed the request", code="client_closed_request")
+
+
 async def read_request(request: Request) -> tuple[dict[str, list[str]], Upload]:
     """Text fields and the audio, from a multipart form or a raw audio body."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -254,6 +265,8 @@ async def read_request(request: Request) -> tuple[dict[str, list[str]], Upload]:
     if media in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form(max_files=1, max_fields=64)
+        except ClientDisconnect as exc:
+            raise _client_closed() from exc
         except MultiPartException as exc:
             raise ApiError(
                 400, f"malformed multipart body: {exc.message}", code="bad_body"
@@ -262,7 +275,10 @@ async def read_request(request: Request) -> tuple[dict[str, list[str]], Upload]:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != "file":
-                    raise bad_field(key, f"unexpected file field '{key}'; send the audio as 'file'")
+                    name = _echo(key)
+                    raise bad_field(
+                        name, f"unexpected file field '{name}'; send the audio as 'file'"
+                    )
                 upload = value
             else:
                 fields.setdefault(key, []).append(value)
@@ -280,11 +296,14 @@ async def read_request(request: Request) -> tuple[dict[str, list[str]], Upload]:
     if media in PCM_TYPES or media.startswith("audio/") or media == "application/octet-stream":
         for key, value in request.query_params.multi_items():
             fields.setdefault(key, []).append(value)
-        data = await request.body()
+        try:
+            data = await request.body()
+        except ClientDisconnect as exc:
+            raise _client_closed() from exc
         return fields, Upload(data, None, media, media in PCM_TYPES)
     raise ApiError(
         415,
-        f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data with a "
+        f"unsupported Content-Type {_echo(media or '(none)')!r}: send multipart/form-data with a "
         "'file' field, audio/pcm (s16le) or an audio/* body",
         code="unsupported_content_type",
         param="Content-Type",
@@ -314,13 +333,75 @@ def _batch_header(result: TranscriptionResult) -> str:
     )
 
 
+def _openapi_body() -> dict[str, Any]:
+    """The request body for the OpenAPI schema: the route parses it itself (see the module
+    docstring), so FastAPI cannot derive it from parameters."""
+    text = {"type": "string"}
+    form = {
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "the audio"},
+            "model": text,
+            "language": text,
+            "prompt": text,
+            "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+            "timestamp_granularities[]": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(GRANULARITIES)},
+            },
+            "hotwords": {"type": "array", "items": text, "maxItems": MAX_HOTWORDS},
+            "decoder": {"type": "string", "enum": ["greedy", "beam"]},
+            "beam_width": {"type": "integer", "minimum": 1, "maximum": 256},
+        },
+    }
+    raw = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": form}, "audio/pcm": raw, "audio/*": raw},
+    }
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+    }
+
+
 @router.post(
     PATH,
     summary="Transcribe audio (OpenAI-compatible)",
-    responses={400: {}, 413: {}, 415: {}, 503: {}, 504: {}},
+    openapi_extra={"requestBody": _openapi_body()},
+    responses={
+        400: _error_response("a bad field, empty or too short audio, NaN samples"),
+        413: _error_response("upload or audio over the limits"),
+        415: _error_response("not an allowed audio container, or a bad Content-Type"),
+        503: _error_response("busy, not ready, shutting down, or beam search past its budget"),
+        504: _error_response("waited too long for the model"),
+    },
 )
 async def create_transcription(
-    request: Request, ctx: AppContext = Depends(get_context)
+    request: Request,
+    ctx: AppContext = Depends(get_context),
 ) -> Response:
     """Transcribe one audio file; see docs/api.md for every field."""
     engine = ctx.engine
@@ -337,14 +418,15 @@ async def create_transcription(
     if params.model is not None and params.model not in accepted:
         raise bad_field(
             "model",
-            f"model {params.model!r} is not served here; use one of {', '.join(accepted)}",
+            f"model {_echo(params.model)!r} is not served here; use one of {', '.join(accepted)}",
             code="model_not_found",
         )
     languages = engine.languages
     if params.language is not None and params.language not in languages:
         raise bad_field(
             "language",
-            f"language {params.language!r} is not supported; supported: {', '.join(languages)}",
+            f"language {_echo(params.language)!r} is not supported; supported: "
+            + ", ".join(languages),
             code="unsupported_language",
         )
     if params.language is None and not (engine.worker and engine.worker.has_lid):

@@ -74,7 +74,7 @@ def test_values_after_a_batch() -> None:
     assert values[("lass_rejected_requests_total", (("reason", "queue_full"),))] == 1
     labels = dict(next(labels for name, labels in values if name == "lass_model_info"))
     assert labels == {
-        "bundle": "/models/default",
+        "bundle": "default",
         "languages": "de,en,es",
         "device": "cpu",
         "dtype": "float32",
