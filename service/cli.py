@@ -51,7 +51,13 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    from service.auth import KeyFileError
+
+    try:
+        app = create_app(settings)
+    except KeyFileError as exc:
+        typer.echo(f"lass serve: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -62,6 +68,45 @@ def serve(
     LassServer(config, app.state.ctx.streams, settings.stream_drain_s).run()
 
 
+keys_app = typer.Typer(
+    help="API keys for LASS_API_KEYS and LASS_API_KEYS_FILE (docs/api.md).",
+    no_args_is_help=True,
+)
+
+
+@keys_app.command("new")
+def new_key() -> None:
+    """Print a new random key (256 bits, URL-safe): `lass keys new | tee key | lass keys hash`."""
+    import secrets
+
+    typer.echo(f"lass-{secrets.token_urlsafe(32)}")
+
+
+@keys_app.command("hash")
+def hash_key(
+    key: str | None = typer.Argument(
+        None,
+        help="The key; read from standard input when left out, which keeps it out of the "
+        "process list and the shell history.",
+    ),
+    admin: bool = typer.Option(False, "--admin", help="Give the key the admin scope."),
+) -> None:
+    """Print a keys-file line for KEY: its salted hash sha256:<salt>:<hex>, where <hex> is
+    sha256(salt + key), then its scopes."""
+    import sys
+
+    from service.auth import KeyFileError, hash_key
+
+    text = key if key is not None else sys.stdin.readline().strip()
+    try:
+        line = hash_key(text)
+    except KeyFileError as exc:
+        typer.echo(f"lass keys hash: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"{line} admin" if admin else line)
+
+
 def register(app: typer.Typer) -> None:
-    """Attach ``serve`` to the root ``lass`` command."""
+    """Attach ``serve`` and ``keys`` to the root ``lass`` command."""
     app.command("serve")(serve)
+    app.add_typer(keys_app, name="keys")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
@@ -10,9 +10,23 @@ from starlette.requests import HTTPConnection
 from service.settings import Settings
 
 if TYPE_CHECKING:
+    from service.auth import KeyStore
     from service.engine import Engine
     from service.metrics import ServiceMetrics
+    from service.ratelimit import RateLimiter
     from service.streaming.channel import StreamRegistry
+
+
+def _no_keys() -> KeyStore:
+    from service.auth import KeyStore  # service.auth imports this module
+
+    return KeyStore()
+
+
+def _no_limits() -> RateLimiter:
+    from service.ratelimit import RateLimiter
+
+    return RateLimiter()
 
 
 @dataclass
@@ -23,6 +37,10 @@ class AppContext:
     engine: Engine
     metrics: ServiceMetrics
     streams: StreamRegistry
+    # API keys and per-caller limits (service/auth.py, service/ratelimit.py); the
+    # defaults check no key and limit nothing.
+    keys: KeyStore = field(default_factory=_no_keys)
+    limits: RateLimiter = field(default_factory=_no_limits)
 
 
 def get_context(connection: HTTPConnection) -> AppContext:

@@ -10,7 +10,7 @@ checked against it in the tests.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -107,7 +107,8 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(
             "lass_rejected_requests",
             "counter",
-            "Requests refused before inference, by reason (queue_full, too_large, ...).",
+            "Requests refused before inference, by reason (queue_full, too_large, "
+            "invalid_api_key, rate_limit_requests, rate_limit_audio, rate_limit_streams, ...).",
             ("reason",),
         ),
         MetricSpec(
@@ -263,9 +264,17 @@ class ServiceMetrics:
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth.set(depth)
 
+    def track_queue_depth(self, depth: Callable[[], int]) -> None:
+        """Read the queue depth from ``depth`` at each scrape (then ``set_queue_depth`` has
+        no effect), so every exposition of the registry shows it, including the separate
+        metrics port's, which runs in its own thread: ``depth`` must be safe to call there."""
+        self.queue_depth.set_function(depth)
+
     def reject(self, reason: str) -> None:
         """A request refused before inference: ``queue_full``, ``too_large``, ``too_long``,
-        ``timeout``, ``unsupported_audio``, ``bad_request``..."""
+        ``timeout``, ``unsupported_audio``, ``bad_request``, ``invalid_api_key``,
+        ``admin_required``, ``rate_limit_requests``, ``rate_limit_audio``,
+        ``rate_limit_streams``... Never a key or a client address: labels stay few."""
         self.rejected.labels(reason=reason).inc()
 
     def stream_opened(self, protocol: str) -> None:

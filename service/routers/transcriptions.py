@@ -45,6 +45,7 @@ from service.context import AppContext, get_context
 from service.engine import MIN_SAMPLES, DecodeOptions, NotReadyError, TranscriptionResult
 from service.errors import ApiError, bad_field, from_audio_error
 from service.formats import GRANULARITIES, RESPONSE_FORMATS, render
+from service.ratelimit import AudioAllowance, audio_allowance
 
 log = logging.getLogger("lass.service")
 router = APIRouter(tags=["audio"])
@@ -402,6 +403,7 @@ def _error_response(description: str) -> dict[str, Any]:
 async def create_transcription(
     request: Request,
     ctx: AppContext = Depends(get_context),
+    allowance: AudioAllowance = Depends(audio_allowance),
 ) -> Response:
     """Transcribe one audio file; see docs/api.md for every field."""
     engine = ctx.engine
@@ -456,6 +458,7 @@ async def create_transcription(
             param="file",
             code="audio_too_short",
         )
+    allowance.charge(audio.duration)  # 429 over LASS_RATE_LIMIT_AUDIO_SECONDS_PER_MINUTE
     options = DecodeOptions(
         beam=(params.decoder or ctx.settings.decoder) == "beam",
         hotwords=tuple(params.hotwords),

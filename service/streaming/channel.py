@@ -1,9 +1,10 @@
 """The WebSocket side of a stream, shared by both protocols: limits, timeouts, close codes.
 
-:func:`serve_stream` accepts the connection, refuses it when the server is full or not
-ready, runs the protocol's handler with a :class:`Channel`, and turns every way a stream
-can end into one close code, one ``lass_stream_closes`` reason and, where the client can
-still hear it, an error event in OpenAI's shape. No exception escapes to uvicorn.
+:func:`serve_stream` accepts the connection, refuses it when its API key is missing or
+wrong, its caller is over a rate limit, or the server is full or not ready, runs the
+protocol's handler with a :class:`Channel`, and turns every way a stream can end into one
+close code, one ``lass_stream_closes`` reason and, where the client can still hear it, an
+error event in OpenAI's shape. No exception escapes to uvicorn.
 
 Close codes (RFC 6455; docs/streaming.md lists them with their error codes):
 
@@ -11,10 +12,12 @@ Close codes (RFC 6455; docs/streaming.md lists them with their error codes):
 1000   normal: the client stopped and every final was sent
 1001   the server is shutting down (after the stream's finals)
 1007   a frame's payload is not what the stream declared (bad JSON, bad audio bytes)
-1008   a protocol or policy error: bad start message, idle timeout, stream too long
+1008   a protocol or policy error: bad start message, idle timeout, stream too long, a
+       missing or wrong API key (``invalid_api_key``, before any frame is read)
 1009   a frame larger than ``LASS_STREAM_MAX_FRAME_BYTES``
 1011   an unexpected server error (logged; other streams are unaffected)
-1013   try again later: ``LASS_MAX_STREAMS`` streams are open, or the model is not ready
+1013   try again later: ``LASS_MAX_STREAMS`` streams are open, the model is not ready, or
+       the caller is over a rate limit (``rate_limit_exceeded``)
 =====  ===========================================================================
 """
 
@@ -30,8 +33,10 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from service.auth import Refusal
 from service.context import AppContext
 from service.errors import openai_error_body
+from service.ratelimit import admit_stream
 
 log = logging.getLogger("lass.stream")
 
@@ -227,9 +232,24 @@ async def serve_stream(
     """Run one stream from accept to close (see the module docstring)."""
     await ws.accept()
     channel = Channel(ws, ctx, f"{protocol}-{uuid.uuid4().hex[:12]}")
+    # Keys and per-caller limits, before any frame is read. Refused after the accept, not
+    # by denying the upgrade with an HTTP status: a browser sees only close code 1006 for
+    # that, while an error event and a close code reach every client (docs/api.md).
+    lease = admit_stream(ws, ctx)
+    if isinstance(lease, Refusal):
+        ctx.metrics.stream_closes.labels(protocol=protocol, reason=lease.reason).inc()
+        code = TRY_LATER if lease.status == 429 else POLICY
+        await channel.send(
+            error_event(
+                StreamClosedError(code, lease.reason, lease.message, lease.code, lease.type)
+            )
+        )
+        await channel.close(code)
+        return
     registry = ctx.streams
     refusal = registry.acquire(channel)
     if refusal is not None:
+        lease.release()
         ctx.metrics.stream_closes.labels(protocol=protocol, reason=refusal.reason).inc()
         await channel.send(error_event(refusal))
         await channel.close(refusal.code)
@@ -274,6 +294,7 @@ async def serve_stream(
     finally:
         await channel.stop_reader()
         registry.release(channel)
+        lease.release()
         log.debug(
             "stream %s closed (%s) after %.1f s; %d open",
             channel.stream_id,
