@@ -159,6 +159,18 @@ class LanguageMasks:
         buf = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8, device=self.device)
         self._set_packed(language, buf)
 
+    def add_packed(self, language: str, buf: Tensor) -> None:
+        """Add a language from its packed buffer (``uint8 [bytes_per_language()]``, the layout
+        of :meth:`packed`), as a language pack stores it; ValueError when it does not fit."""
+        if language in self._packed:
+            raise ValueError(f"language {language!r} already has masks; remove it first")
+        if buf.dtype != torch.uint8 or buf.dim() != 1 or buf.numel() != self._nbytes:
+            raise ValueError(
+                f"packed masks of {language!r} have {buf.numel()} {buf.dtype} elements, "
+                f"expected {self._nbytes} uint8"
+            )
+        self._set_packed(language, buf)
+
     def _set_packed(self, language: str, buf: Tensor) -> None:
         self._packed[language] = buf.to(self.device, torch.uint8).contiguous()
         self._generation[language] = next(self._counter)
