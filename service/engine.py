@@ -16,17 +16,21 @@ engine is ``ready`` only when both are done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
 from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, greedy_decode_batch
+from model.packs import LanguagePack, check_pack, read_pack
+from model.vocab import ColumnVocabulary
 from service.batcher import (
     Batch,
     Batcher,
@@ -36,6 +40,7 @@ from service.batcher import (
     WorkItem,
 )
 from service.chunking import Chunk, plan_chunks, stitch
+from service.packs import PackStore
 from service.settings import Settings
 from service.vad import SileroVad, load_vad, plan_pieces
 from service.worker import ModelWorker
@@ -75,6 +80,18 @@ class AudioTooShortError(ValueError):
 
 class NotReadyError(Exception):
     """The model is not loaded (yet, or it failed to load)."""
+
+
+class UnknownLanguageError(ValueError):
+    """A language that is not served (or is being removed)."""
+
+
+class LastLanguageError(Exception):
+    """Removing this language would leave the server with none."""
+
+
+class LanguageExistsError(Exception):
+    """The language of an added pack is already served."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,17 @@ class Engine:
         self._overlap = int(settings.chunk_overlap_seconds * SAMPLE_RATE)
         self.batcher = Batcher(batch_policy(settings), self._run_batch, on_batch=self._on_batch)
         self._load_task: asyncio.Task[None] | None = None
+        # Languages added or removed while running (docs/api.md, "POST /v1/languages"):
+        # the vocabulary the head's columns follow, the LMs, the added packs, the requests
+        # in flight per language (a removal waits for them) and the languages being removed
+        # (new requests for them are refused).
+        self.vocab: ColumnVocabulary | None = None
+        self.lm_paths: dict[str, Path] = {}
+        self.packs: dict[str, LanguagePack] = {}
+        self.store = PackStore(settings.packs_dir)
+        self._active: dict[str, int] = {}
+        self._removing: set[str] = set()
+        self._admin_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -162,7 +190,18 @@ class Engine:
 
     @property
     def languages(self) -> list[str]:
-        return self.worker.languages if self.worker else []
+        """The languages served now (not those being removed)."""
+        if self.worker is None:
+            return []
+        return [lang for lang in self.worker.languages if lang not in self._removing]
+
+    @property
+    def lid_languages(self) -> list[str]:
+        """What the LID head's outputs are: the bundle's languages, in its order (added
+        languages have no output; removed ones keep theirs, never chosen)."""
+        if self.worker is None:
+            return []
+        return list(self.worker.bundle.manifest["model"]["languages"])
 
     @property
     def model_id(self) -> str:
@@ -229,20 +268,133 @@ class Engine:
             log.error("loading the bundle failed: %s", self.error)
             return
         bundle = worker.bundle
-        self._columns = ColumnCache(bundle.vocab)
-        self._beams = BeamDecoders(
-            bundle.vocab, bundle.lm_paths, BeamConfig(beam_width=self.settings.beam_width)
-        )
+        self.lm_paths = dict(bundle.lm_paths)
+        vocab = ColumnVocabulary.from_vocabulary(bundle.vocab)
+        try:
+            vocab = await loop.run_in_executor(self._model_thread, self._restore, worker, vocab)
+        except Exception as exc:  # a bug, not a bad pack (those are skipped): do not serve
+            self.state, self.error = "failed", f"restoring language packs: {exc}"
+            log.exception("restoring language packs failed")
+            return
         self.worker = worker
-        if self.metrics is not None:
+        self._set_vocab(vocab)
+        self.state = "ready"
+        log.info("ready: %s", ", ".join(worker.languages))
+
+    def _restore(self, worker: ModelWorker, vocab: ColumnVocabulary) -> ColumnVocabulary:
+        """Re-apply what the packs folder says (model thread, before serving): the bundle
+        languages removed earlier, then every saved pack. A pack that no longer fits (another
+        bundle is served now) is logged and skipped; the rest is served."""
+        for lang in self.store.removed():
+            if lang in worker.languages and len(worker.languages) > 1:
+                vocab = worker.remove_language(lang, vocab)
+                log.info("language %s stays removed (%s)", lang, self.store.root)
+        for folder in self.store.saved():
+            try:
+                pack = read_pack(folder)
+                check_pack(pack, worker.bundle.manifest, worker.model)
+                if pack.language in worker.languages:
+                    raise LanguageExistsError(f"{pack.language!r} is served by the bundle")
+                vocab = worker.add_language(pack, vocab)
+            except Exception as exc:
+                log.error("language pack %s not loaded: %s", folder, exc)
+                continue
+            self.packs[pack.language] = pack
+            if pack.lm_path is not None:
+                self.lm_paths[pack.language] = pack.lm_path
+            log.info("language %s added from %s", pack.language, folder)
+        return vocab
+
+    def _set_vocab(self, vocab: ColumnVocabulary) -> None:
+        """Decode with ``vocab`` from now on. New decoder objects, not changed ones: a decode
+        already running keeps the old ones, which still hold its language."""
+        self.vocab = vocab
+        self._columns = ColumnCache(vocab)
+        # The old beam decoders are dropped, not closed (a decode may be using them); their
+        # idle child processes end when they are collected.
+        self._beams = BeamDecoders(
+            vocab, dict(self.lm_paths), BeamConfig(beam_width=self.settings.beam_width)
+        )
+        worker = self.worker
+        if self.metrics is not None and worker is not None:
             self.metrics.set_model_info(
-                str(bundle.path),
-                worker.languages,
+                str(worker.bundle.path),
+                self.languages,
                 str(worker.device),
                 str(worker.dtype).removeprefix("torch."),
             )
-        self.state = "ready"
-        log.info("ready: %s", ", ".join(worker.languages))
+
+    # ------------------------------------------------------------ languages
+    async def add_language(self, pack: LanguagePack) -> None:
+        """Serve ``pack``'s language from now on. The change happens in the model thread, so
+        between two batches: a batch runs wholly before or wholly after it. Raises
+        PackMismatch/PackError (it does not fit), LanguageExistsError, NotReadyError."""
+        worker = self._require_ready()
+        async with self._admin_lock:
+            check_pack(pack, worker.bundle.manifest, worker.model)
+            if pack.language in worker.languages:
+                raise LanguageExistsError(
+                    f"language {pack.language!r} is already served; DELETE it first"
+                )
+            assert self.vocab is not None
+            loop = asyncio.get_running_loop()
+            vocab = await loop.run_in_executor(
+                self._model_thread, worker.add_language, pack, self.vocab
+            )
+            self.packs[pack.language] = pack
+            if pack.lm_path is not None:
+                self.lm_paths[pack.language] = pack.lm_path
+            self._set_vocab(vocab)
+        log.info("language %s added (%s)", pack.language, pack.path)
+
+    async def remove_language(self, language: str, timeout_s: float | None = None) -> None:
+        """Stop serving ``language``: new requests for it are refused at once, the ones in
+        flight finish (at most ``timeout_s``, default the request timeout; TimeoutError and
+        nothing removed past it), then it is removed in the model thread between batches.
+        Raises UnknownLanguageError, LastLanguageError."""
+        worker = self._require_ready()
+        async with self._admin_lock:
+            if language not in self.languages:
+                raise UnknownLanguageError(f"language {language!r} is not served")
+            if len(self.languages) <= 1:
+                raise LastLanguageError(
+                    f"{language!r} is the last language served; add another one first"
+                )
+            self._removing.add(language)
+            try:
+                deadline = time.monotonic() + (timeout_s or self.settings.request_timeout_s)
+                while self._active.get(language, 0) > 0:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"{self._active[language]} requests in {language!r} still running"
+                        )
+                    await asyncio.sleep(0.02)
+                assert self.vocab is not None
+                loop = asyncio.get_running_loop()
+                vocab = await loop.run_in_executor(
+                    self._model_thread, worker.remove_language, language, self.vocab
+                )
+                self.packs.pop(language, None)
+                self.lm_paths.pop(language, None)
+            finally:
+                self._removing.discard(language)
+            self._set_vocab(vocab)
+        log.info("language %s removed", language)
+
+    @contextlib.asynccontextmanager
+    async def _serving(self, language: str) -> AsyncIterator[int]:
+        """Count a request in ``language`` as in flight (a removal waits for it); yields
+        the width of its logits (its columns' end, fixed while it is served)."""
+        if language not in self.languages or self.vocab is None:
+            raise UnknownLanguageError(f"unknown language {language!r}")
+        width = self.vocab.width(language)
+        self._active[language] = self._active.get(language, 0) + 1
+        try:
+            yield width
+        finally:
+            self._active[language] -= 1
+            if not self._active[language]:
+                del self._active[language]
 
     async def stop(self) -> None:
         """Finish queued work, then release the threads."""
@@ -254,6 +406,7 @@ class Engine:
         self._vad_thread.shutdown(wait=True, cancel_futures=True)
         if self._beams is not None:
             self._beams.close()
+        self.store.close()
         self.state = "stopped"
 
     # ------------------------------------------------------------ batches
@@ -364,8 +517,14 @@ class Engine:
         item = WorkItem(head, len(head), "", "lid", self._deadline(), request_id)
         (result,) = await self._submit([item])
         probs = result.output
-        best = int(np.argmax(probs))
-        return worker.languages[best], float(probs[best])
+        # The head's outputs are the bundle's languages; one removed meanwhile is never
+        # chosen (with none removed this is the plain argmax).
+        served = set(self.languages)
+        candidates = [i for i, lang in enumerate(self.lid_languages) if lang in served]
+        if not candidates:
+            raise RuntimeError("no language the LID head knows is served: name the language")
+        best = max(candidates, key=lambda i: float(probs[i]))
+        return self.lid_languages[best], float(probs[best])
 
     def _require_ready(self) -> ModelWorker:
         if not self.batcher.accepting:
@@ -383,9 +542,10 @@ class Engine:
     ) -> TranscriptionResult:
         """Transcribe 16 kHz float32 ``samples [T]``; ``language`` None -> identify it first.
 
-        Raises QueueFullError, DeadlineExceededError, ShuttingDownError, NotReadyError.
+        Raises QueueFullError, DeadlineExceededError, ShuttingDownError, NotReadyError,
+        UnknownLanguageError.
         """
-        worker = self._require_ready()
+        self._require_ready()
         if len(samples) < MIN_SAMPLES:
             raise AudioTooShortError(
                 f"the audio is {len(samples) / SAMPLE_RATE:.3f} s long; the minimum is "
@@ -394,24 +554,25 @@ class Engine:
         probability: float | None = None
         if language is None:
             language, probability = await self.identify(samples, request_id)
-        elif language not in worker.languages:
-            raise ValueError(f"unknown language {language!r}")
-        chunks = await self._plan(samples)
-        deadline = self._deadline()
-        items = [
-            WorkItem(
-                samples[c.start : c.end], c.end - c.start, language, "asr", deadline, request_id
+        async with self._serving(language) as width:
+            chunks = await self._plan(samples)
+            deadline = self._deadline()
+            items = [
+                WorkItem(
+                    samples[c.start : c.end], c.end - c.start, language, "asr", deadline, request_id
+                )
+                for c in chunks
+            ]
+            results = await self._submit(items)
+            # Each piece's logits up to the language's columns: pieces that ran before and
+            # after another language was added have different head widths.
+            logits = stitch(chunks, [r.output.logits[:, :width] for r in results])
+            loop = asyncio.get_running_loop()
+            start = time.perf_counter()
+            transcript = await loop.run_in_executor(
+                self._decode_pool, self._decode, logits, language, options
             )
-            for c in chunks
-        ]
-        results = await self._submit(items)
-        logits = stitch(chunks, [r.output.logits for r in results])
-        loop = asyncio.get_running_loop()
-        start = time.perf_counter()
-        transcript = await loop.run_in_executor(
-            self._decode_pool, self._decode, logits, language, options
-        )
-        decode_s = time.perf_counter() - start
+            decode_s = time.perf_counter() - start
         if self.metrics is not None:
             beam = options.beam or bool(options.hotwords)
             self.metrics.observe_stage("beam_decode" if beam else "ctc_decode", decode_s)
@@ -458,13 +619,13 @@ class Engine:
         """Logits ``[F, V]`` of one stream window (16 kHz ``samples [T]``), through the same
         batcher as file requests, so windows of many streams share mixed-language batches.
         Its deadline is short: a partial that cannot run soon is worth nothing."""
-        worker = self._require_ready()
-        if language not in worker.languages:
-            raise ValueError(f"unknown language {language!r}")
-        deadline = time.monotonic() + self.settings.stream_partial_timeout_s
-        item = WorkItem(samples, len(samples), language, "asr", deadline, request_id)
-        (result,) = await self._submit([item])
-        logits: np.ndarray = result.output.logits
+        self._require_ready()
+        async with self._serving(language) as width:
+            deadline = time.monotonic() + self.settings.stream_partial_timeout_s
+            item = WorkItem(samples, len(samples), language, "asr", deadline, request_id)
+            (result,) = await self._submit([item])
+        # Up to the language's columns, so a stream's windows concatenate across an add.
+        logits: np.ndarray = result.output.logits[:, :width]
         return logits
 
     async def greedy(self, logits: np.ndarray, language: str) -> Transcript:

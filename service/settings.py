@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     # batch then rebuilds them from the bit-packed masks).
     weight_cache_mb: Annotated[int, Field(ge=0)] = 4096
 
+    # Languages added at run time (POST /v1/languages, docs/api.md): each verified pack is
+    # kept in <packs_dir>/<code>/ and loaded at start-up after the bundle, with the bundle
+    # languages removed by DELETE. None: added languages last until the process ends.
+    packs_dir: Path | None = None
+    # An uploaded pack (tar): the request body, and again what it unpacks to.
+    max_pack_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024 * 1024
+
     # Dynamic batching: "mixed" batches any languages, "language" only one per batch;
     # max_batch_size=1 disables batching.
     batch_mode: BatchMode = "mixed"

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from model.bundle import Bundle, read_bundle
+from model.packs import LanguagePack, install_pack, uninstall_language
+from model.vocab import ColumnVocabulary
 
 log = logging.getLogger("lass.worker")
 
@@ -79,6 +81,25 @@ class ModelWorker:
             time.perf_counter() - start,
         )
         return cls(bundle, dev, dt)
+
+    def add_language(self, pack: LanguagePack, vocab: ColumnVocabulary) -> ColumnVocabulary:
+        """Serve one more language from a verified pack (``model.packs.install_pack``); call
+        it in the model thread, so it happens between batches. Returns the new vocabulary."""
+        new_vocab = install_pack(self.model, vocab, pack)
+        self._languages_changed()
+        return new_vocab
+
+    def remove_language(self, language: str, vocab: ColumnVocabulary) -> ColumnVocabulary:
+        """Stop serving ``language`` (model thread, between batches); returns the new
+        vocabulary (``model.packs.uninstall_language``)."""
+        new_vocab = uninstall_language(self.model, vocab, language)
+        self._languages_changed()
+        return new_vocab
+
+    def _languages_changed(self) -> None:
+        # New objects, not in-place edits: the event loop may be reading the old ones.
+        self.languages = list(self.model.languages)
+        self._lang_index = {lang: i for i, lang in enumerate(self.languages)}
 
     @property
     def has_lid(self) -> bool:

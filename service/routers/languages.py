@@ -1,22 +1,60 @@
 """``GET /v1/languages``: what each language's sub-network is; ``GET /v1/languages/overlap``:
-how much every pair of sub-networks shares (Jaccard of their masks)."""
+how much every pair of sub-networks shares (Jaccard of their masks); ``POST /v1/languages``
+and ``DELETE /v1/languages/{code}`` (admin scope): add a language from a language pack, or
+remove one, without a restart (``service/packs.py``, ``Engine.add_language``)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
 from model.masks import LanguageMasks
+from model.packs import LanguagePack, PackError, PackMismatchError
+from service.auth import require_admin
 from service.context import AppContext, get_context
+from service.engine import (
+    Engine,
+    LanguageExistsError,
+    LastLanguageError,
+    NotReadyError,
+    UnknownLanguageError,
+)
 from service.errors import ApiError
+from service.packs import discard_staging, pack_error, read_upload, unpack
 
 router = APIRouter(tags=["languages"])
 OVERLAP_PATH = "/v1/languages/overlap"
 # Guards only the creation of an app's OverlapCache (each cache has its own lock).
 _CACHE_CREATION = threading.Lock()
+
+
+def language_entry(engine: Engine, lang: str) -> dict[str, Any]:
+    """One served language as ``GET /v1/languages`` lists it. ``source`` says where it came
+    from: the bundle, or a pack added at run time (whose figures its trainer computed
+    against the bundle's languages; it has no LID output, so requests name it)."""
+    assert engine.worker is not None
+    manifest = engine.worker.bundle.manifest
+    total = manifest.get("mask_stats", {}).get("total_parameters")
+    pack = engine.packs.get(lang)
+    entry = pack.manifest if pack is not None else manifest["languages"][lang]
+    mask = entry.get("mask", {})
+    return {
+        "code": lang,
+        "object": "language",
+        "alphabet": entry["alphabet"],
+        "density": mask.get("density"),
+        "kept_parameters": mask.get("kept"),
+        "specific_parameters": mask.get("specific"),
+        "prunable_parameters": total,
+        "lm": lang in engine.lm_paths,
+        "source": "pack" if pack is not None else "bundle",
+        "identifiable": pack is None and engine.worker.has_lid,
+    }
 
 
 @router.get("/v1/languages")
@@ -25,26 +63,89 @@ def list_languages(ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
     engine = ctx.engine
     if engine.worker is None:
         return {"object": "list", "data": []}
-    manifest = engine.worker.bundle.manifest
-    lm_paths = engine.worker.bundle.lm_paths
-    total = manifest.get("mask_stats", {}).get("total_parameters")
-    data = []
-    for lang in engine.languages:
-        entry = manifest["languages"][lang]
-        mask = entry.get("mask", {})
-        data.append(
-            {
-                "code": lang,
-                "object": "language",
-                "alphabet": entry["alphabet"],
-                "density": mask.get("density"),
-                "kept_parameters": mask.get("kept"),
-                "specific_parameters": mask.get("specific"),
-                "prunable_parameters": total,
-                "lm": lang in lm_paths,
-            }
-        )
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [language_entry(engine, lang) for lang in engine.languages]}
+
+
+def _not_ready(ctx: AppContext) -> ApiError:
+    return ApiError(
+        503,
+        f"the model is not loaded ({ctx.engine.error or ctx.engine.state}); retry later",
+        code="not_ready",
+        headers={"Retry-After": str(ctx.settings.retry_after_s)},
+    )
+
+
+@router.post("/v1/languages", status_code=201, dependencies=[Depends(require_admin)])
+async def add_language(request: Request, ctx: AppContext = Depends(get_context)) -> JSONResponse:
+    """Add a language from an uploaded pack (multipart field ``file``: a tar of the pack
+    folder). 201 with the language; 413 too large; 422 malformed; 409 trained on other
+    weights, or the language is served already. Kept in ``LASS_PACKS_DIR`` when set."""
+    engine = ctx.engine
+    if not engine.ready:
+        raise _not_ready(ctx)
+    limit = ctx.settings.max_pack_bytes
+    data = await read_upload(request, limit)
+    try:
+        pack: LanguagePack = await asyncio.to_thread(unpack, data, engine.store, limit)
+    except PackError as exc:
+        raise pack_error(exc) from exc
+    committed = False
+    try:
+        if pack.language in engine.languages:
+            raise ApiError(
+                409,
+                f"language {pack.language!r} is already served; DELETE it first",
+                code="language_exists",
+            )
+        try:
+            pack = await asyncio.to_thread(engine.store.commit, pack)
+            committed = True
+            await engine.add_language(pack)
+        except PackMismatchError as exc:
+            raise ApiError(409, str(exc), code="backbone_mismatch") from exc
+        except PackError as exc:
+            raise pack_error(exc) from exc
+        except LanguageExistsError as exc:
+            raise ApiError(409, str(exc), code="language_exists") from exc
+        except NotReadyError as exc:
+            raise _not_ready(ctx) from exc
+    except BaseException:
+        if committed:
+            engine.store.delete(pack.language)
+        raise
+    finally:
+        if not committed:
+            discard_staging(pack)
+    return JSONResponse(language_entry(engine, pack.language), status_code=201)
+
+
+@router.delete("/v1/languages/{code}", dependencies=[Depends(require_admin)])
+async def remove_language(code: str, ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
+    """Stop serving ``code`` once its requests in flight finish; 404 not served, 409 the last
+    language. An added language's pack is deleted from ``LASS_PACKS_DIR``; a bundle language
+    stays removed across restarts (``removed.json`` there)."""
+    engine = ctx.engine
+    if not engine.ready:
+        raise _not_ready(ctx)
+    was_pack = code in engine.packs
+    try:
+        await engine.remove_language(code)
+    except UnknownLanguageError as exc:
+        raise ApiError(404, str(exc), param="code", code="unsupported_language") from exc
+    except LastLanguageError as exc:
+        raise ApiError(409, str(exc), code="last_language") from exc
+    except TimeoutError as exc:
+        raise ApiError(
+            503,
+            f"language {code!r} is still in use ({exc}); retry later",
+            code="language_busy",
+            headers={"Retry-After": str(ctx.settings.retry_after_s)},
+        ) from exc
+    if was_pack:
+        await asyncio.to_thread(engine.store.delete, code)
+    else:
+        engine.store.set_removed([*engine.store.removed(), code])
+    return {"code": code, "object": "language", "deleted": True}
 
 
 @dataclass

@@ -17,9 +17,14 @@ def list_models(ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
     engine = ctx.engine
     created = _created(engine)
     ids = [engine.model_id, *ctx.settings.model_aliases] if engine.ready else []
+    # lass extension: the languages served now (they change with POST/DELETE /v1/languages)
+    langs = engine.languages
     return {
         "object": "list",
-        "data": [{"id": i, "object": "model", "created": created, "owned_by": "lass"} for i in ids],
+        "data": [
+            {"id": i, "object": "model", "created": created, "owned_by": "lass", "languages": langs}
+            for i in ids
+        ],
     }
 
 
@@ -33,7 +38,13 @@ def get_model(model_id: str, ctx: AppContext = Depends(get_context)) -> dict[str
         raise ApiError(
             404, f"model {model_id!r} does not exist", param="model", code="model_not_found"
         )
-    return {"id": model_id, "object": "model", "created": _created(engine), "owned_by": "lass"}
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": _created(engine),
+        "owned_by": "lass",
+        "languages": engine.languages,
+    }
 
 
 def _created(engine: Any) -> int:
