@@ -187,6 +187,41 @@ def export(
     _run(_context(config, work_dir, set_, quiet), "export", run_export, out)
 
 
+@app.command("add-language")
+def add_language(
+    config: Path = CONFIG,
+    bundle: Path = typer.Option(
+        ..., "--bundle", exists=True, file_okay=False, help="The bundle the pack extends."
+    ),
+    language: str = typer.Option(..., "--language", help="Code of the new language (e.g. sv)."),
+    method: str | None = typer.Option(
+        None, "--method", help="learned (mask learnt over the frozen weights) or baseline."
+    ),
+    work_dir: Path | None = WORK_DIR,
+    set_: list[str] = SET,
+    quiet: bool = QUIET,
+    out: Path | None = typer.Option(
+        None, "--out", help="Pack folder (default <work>/packs/<lang>-<method>; .tar beside)."
+    ),
+) -> None:
+    """A language pack: one more language over the bundle's frozen weights (resumable)."""
+    from model.train.add_language import load_add_language_config, run_add_language
+    from model.train.config import ConfigError, parse_override
+    from model.train.context import Context
+    from model.train.distributed import init_distributed
+
+    overrides = dict(parse_override(o) for o in set_)
+    if method is not None:
+        overrides["add_language.method"] = method
+    try:
+        cfg, acfg = load_add_language_config(config, overrides)
+    except ConfigError as exc:
+        typer.echo(f"lass train add-language: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    ctx = Context.create(cfg, work_dir, dist=init_distributed(cfg.device), quiet=quiet)
+    _run(ctx, "add-language", run_add_language, acfg, bundle, language, out)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
