@@ -7,13 +7,19 @@ model was trained to emit). The "average" row is the unweighted mean over langua
 low-resource language counts as much as a high-resource one. Deterministic: the model runs
 in eval mode without gradients, on batches formed in a fixed order (longest first, ties by
 language and path), and decoding has no randomness.
+
+Conditions: an utterance whose ``speaker`` no training clip has is ``unseen``, one whose
+speaker some training clip has is ``seen`` (the training speakers come from the
+``train.jsonl`` beside the evaluated manifest, or are passed in). When a split holds unseen
+utterances, the report gives every figure per condition too: the synthetic corpus's
+held-out voices (and engines) are scored apart from the voices the model trained on.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,8 @@ from model.train.progress import progress_bar
 from model.vocab import Vocabulary
 
 GREEDY, BEAM, BEAM_LM = "greedy", "beam", "beam_lm"
+SEEN, UNSEEN = "seen", "unseen"
+CONDITIONS = (SEEN, UNSEEN)
 METHODS = (GREEDY, BEAM, BEAM_LM)
 METHOD_TITLES = {GREEDY: "greedy", BEAM: "beam", BEAM_LM: "beam+LM"}
 
@@ -45,6 +53,8 @@ class UtteranceResult:
     reference: str
     hypotheses: dict[str, str]
     predicted_language: str | None = None
+    speaker: str | None = None
+    condition: str | None = None  # SEEN or UNSEEN; None: no speaker or no training speakers
 
 
 @dataclass
@@ -68,20 +78,28 @@ class EvalReport:
     skipped: dict[str, int]  # reason -> utterances left out
     settings: dict[str, Any]
     utterances: list[UtteranceResult] = field(default_factory=list)
+    # condition -> language -> scores; empty unless the split holds unseen speakers
+    conditions: dict[str, dict[str, LanguageResult]] = field(default_factory=dict)
 
-    def average(self, metric: str, method: str) -> float | None:
-        """Unweighted mean over the languages that have ``method`` (None when none do)."""
+    def average(self, metric: str, method: str, condition: str | None = None) -> float | None:
+        """Unweighted mean over the languages that have ``method`` (None when none do), of
+        every utterance or of one condition's."""
         values = [
             getattr(r, metric)[method]
-            for r in self.languages.values()
+            for r in self._results(condition).values()
             if method in getattr(r, metric)
         ]
         return sum(values) / len(values) if values else None
 
-    def lid_accuracy(self) -> float | None:
+    def lid_accuracy(self, condition: str | None = None) -> float | None:
         """Unweighted mean LID accuracy over languages (None without a LID head)."""
-        values = [r.lid_accuracy for r in self.languages.values() if r.lid_accuracy is not None]
+        values = [
+            r.lid_accuracy for r in self._results(condition).values() if r.lid_accuracy is not None
+        ]
         return sum(values) / len(values) if values else None
+
+    def _results(self, condition: str | None) -> dict[str, LanguageResult]:
+        return self.languages if condition is None else self.conditions.get(condition, {})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (what ``write_json`` writes; bundles embed it as metrics)."""
@@ -93,6 +111,17 @@ class EvalReport:
                 for metric in ("cer", "wer")
             },
             "lid_accuracy": self.lid_accuracy(),
+            "conditions": {
+                c: {
+                    "languages": {k: asdict(v) for k, v in langs.items()},
+                    "average": {
+                        metric: {m: self.average(metric, m, c) for m in self.methods}
+                        for metric in ("cer", "wer")
+                    },
+                    "lid_accuracy": self.lid_accuracy(c),
+                }
+                for c, langs in self.conditions.items()
+            },
             "skipped": self.skipped,
             "settings": self.settings,
             "utterances": [asdict(u) for u in self.utterances],
@@ -103,7 +132,20 @@ class EvalReport:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     def to_markdown(self) -> str:
-        """A table: one row per language and an average row; error rates in percent."""
+        """A table: one row per language and an average row; error rates in percent. With
+        conditions, one more table per condition (``seen``, ``unseen``) follows."""
+        lines = self._table(None)
+        for condition in self.conditions:
+            lines += ["", f"Condition **{condition}**:", ""]
+            lines += self._table(condition)
+        if self.skipped:
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+            lines.append("")
+            lines.append(f"Skipped utterances: {reasons}.")
+        return "\n".join(lines) + "\n"
+
+    def _table(self, condition: str | None) -> list[str]:
+        results = self._results(condition)
         head = ["language", "utts", "audio (s)"]
         head += [f"CER {METHOD_TITLES[m]}" for m in self.methods]
         head += [f"WER {METHOD_TITLES[m]}" for m in self.methods]
@@ -113,25 +155,21 @@ class EvalReport:
         def pct(x: float | None) -> str:
             return "—" if x is None else f"{100 * x:.1f}"
 
-        for lang in sorted(self.languages):
-            r = self.languages[lang]
+        for lang in sorted(results):
+            r = results[lang]
             cells = [lang, str(r.utterances), f"{r.audio_seconds:.1f}"]
             cells += [pct(r.cer.get(m)) for m in self.methods]
             cells += [pct(r.wer.get(m)) for m in self.methods]
             cells.append(pct(r.lid_accuracy))
             lines.append("| " + " | ".join(cells) + " |")
-        total_utts = sum(r.utterances for r in self.languages.values())
-        total_audio = sum(r.audio_seconds for r in self.languages.values())
+        total_utts = sum(r.utterances for r in results.values())
+        total_audio = sum(r.audio_seconds for r in results.values())
         cells = ["**average**", str(total_utts), f"{total_audio:.1f}"]
-        cells += [pct(self.average("cer", m)) for m in self.methods]
-        cells += [pct(self.average("wer", m)) for m in self.methods]
-        cells.append(pct(self.lid_accuracy()))
+        cells += [pct(self.average("cer", m, condition)) for m in self.methods]
+        cells += [pct(self.average("wer", m, condition)) for m in self.methods]
+        cells.append(pct(self.lid_accuracy(condition)))
         lines.append("| " + " | ".join(cells) + " |")
-        if self.skipped:
-            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
-            lines.append("")
-            lines.append(f"Skipped utterances: {reasons}.")
-        return "\n".join(lines) + "\n"
+        return lines
 
     def write_markdown(self, path: Path | str) -> Path:
         """Write ``to_markdown()`` atomically."""
@@ -190,6 +228,7 @@ def evaluate(
     keep_utterances: bool = True,
     progress: bool = False,
     relative_to: Path | None = None,
+    seen_speakers: Collection[str] | None = None,
 ) -> EvalReport:
     """Transcribe ``entries`` (a manifest path or entries) and score them per language.
 
@@ -202,6 +241,8 @@ def evaluate(
     ``progress``: show a progress bar on stderr, in seconds of audio, with an ETA.
     ``relative_to``: name audio files and LMs in the report relative to this folder (the
     trainer passes its work folder, see ``model.train.paths``), else as given.
+    ``seen_speakers``: the speakers of the training clips, which make an utterance ``seen``
+    (any other speaker is ``unseen``); default: those of ``root/train.jsonl`` when it exists.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -217,6 +258,8 @@ def evaluate(
         return str(path) if relative_to is None else recorded_path(path, relative_to)
 
     items = _select(entries, root, vocab, model.languages, languages, skipped, name)
+    if seen_speakers is None:
+        seen_speakers = training_speakers(root)
 
     config = beam_config or BeamConfig(beam_width=beam_width)
     beams = BeamDecoders(vocab, lm_paths, config)
@@ -263,10 +306,32 @@ def evaluate(
         utterances=results if keep_utterances else [],
     )
     durations = {it.name: it.entry.duration for it in items}
-    report.languages = summarize(
-        results, report.methods, set(lm_paths), durations, model.lid_head is not None
-    )
+    has_lid = model.lid_head is not None
+    report.languages = summarize(results, report.methods, set(lm_paths), durations, has_lid)
+    if seen_speakers is not None:
+        seen = set(seen_speakers)
+        for r in results:
+            if r.speaker is not None:
+                r.condition = SEEN if r.speaker in seen else UNSEEN
+    # Per-condition figures only where there is something unseen to set apart.
+    if any(r.condition == UNSEEN for r in results):
+        report.settings["conditions"] = "unseen: a speaker no training clip has"
+        for condition in CONDITIONS:
+            subset = [r for r in results if r.condition == condition]
+            report.conditions[condition] = summarize(
+                subset, report.methods, set(lm_paths), durations, has_lid
+            )
     return report
+
+
+def training_speakers(root: Path) -> set[str] | None:
+    """Speakers of ``root/train.jsonl``; None (no conditions) without that file or without
+    speakers in it (a corpus built with its test split only has an empty one)."""
+    train = root / "train.jsonl"
+    if not train.is_file():
+        return None
+    speakers = {e.speaker for e in read_manifest(train) if e.speaker is not None}
+    return speakers or None
 
 
 def summarize(
@@ -346,6 +411,7 @@ def _run_batch(
             reference=it.reference,
             hypotheses={m: tr.text for m, ts in decoded.items() if (tr := ts[i]) is not None},
             predicted_language=predicted[i],
+            speaker=it.entry.speaker,
         )
         for i, (it, _) in enumerate(loaded)
     ]

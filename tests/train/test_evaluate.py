@@ -147,3 +147,49 @@ def test_summarize_and_markdown_by_hand() -> None:
     assert "| en | 2 | 3.5 | 8.3 | 0.0 | 25.0 | 0.0 | 50.0 |" in md
     assert "| de | 1 | 0.0 | 25.0 | — | 50.0 | — | 100.0 |" in md
     assert "Skipped" not in md
+
+
+def test_report_gives_seen_and_unseen_conditions(
+    vocab: Vocabulary, speech: dict[str, list[Utterance]], tmp_path: Path
+) -> None:
+    # Every clip twice: once by a speaker of the training manifest, once by another.
+    entries, train = [], []
+    for lang in ("de", "en"):
+        for u in speech[lang]:
+            entries.append(ManifestEntry(str(u.path), u.text, lang, u.duration, f"{lang}+m1"))
+            entries.append(ManifestEntry(str(u.path), u.text, lang, u.duration, f"{lang}+Andy"))
+        train.append(ManifestEntry(str(speech[lang][0].path), "x", lang, 1.0, f"{lang}+m1"))
+    write_manifest(tmp_path / "test.jsonl", entries)
+    write_manifest(tmp_path / "train.jsonl", train)  # the training speakers, found beside it
+    model = small_model(vocab)
+    report = evaluate(model, vocab, tmp_path / "test.jsonl", beam_width=4, batch_size=4)
+    assert sorted(report.conditions) == ["seen", "unseen"]
+    for condition, speaker in (("seen", "+m1"), ("unseen", "+Andy")):
+        langs = report.conditions[condition]
+        assert sorted(langs) == ["de", "en"]
+        for lang, res in langs.items():
+            utts = [u for u in report.utterances if u.condition == condition and u.language == lang]
+            assert {u.speaker for u in utts} == {lang + speaker}
+            assert res.utterances == len(speech[lang]) and set(res.cer) == {GREEDY, BEAM}
+            assert res.lid_accuracy == sum(u.predicted_language == lang for u in utts) / len(utts)
+    # The same audio in both conditions: the same figures (the model cannot hear the name).
+    assert report.conditions["seen"]["en"].cer == report.conditions["unseen"]["en"].cer
+    js = report.to_dict()
+    assert js["conditions"]["unseen"]["average"]["cer"][GREEDY] == pytest.approx(
+        report.average("cer", GREEDY, "unseen")
+    )
+    assert js["conditions"]["seen"]["lid_accuracy"] == report.lid_accuracy("seen")
+    md = report.to_markdown()
+    assert "Condition **seen**:" in md and "Condition **unseen**:" in md
+    assert md.count("| **average** |") == 3
+
+    # Without training speakers (no train.jsonl, none passed) there are no conditions.
+    entries_only = read_manifest(tmp_path / "test.jsonl")
+    plain = evaluate(model, vocab, entries_only, root=tmp_path / "elsewhere", beam_width=4)
+    assert plain.conditions == {} and "conditions" not in plain.settings
+    assert plain.to_dict()["conditions"] == {} and "Condition" not in plain.to_markdown()
+    # Speakers passed in: every clip's speaker is a training one, nothing unseen to show.
+    both = evaluate(
+        model, vocab, entries_only, seen_speakers={"de+m1", "de+Andy", "en+m1", "en+Andy"}
+    )
+    assert both.conditions == {} and {u.condition for u in both.utterances} == {"seen"}
