@@ -21,10 +21,16 @@ PY := $(VENV)/bin/python
 RUN_APT := espeak-ng
 # ... and what tests, the trainer's corpus builder and metric checks need. debconf-doc is
 # unrelated text (pages in man5, man7, fr): tests/train/test_text_sources.py checks that
-# installing it changes no language's sentence pool.
+# installing it changes no language's sentence pool. The v2 corpus (configs/corpus/
+# default-v2.toml) adds other TTS engines (festival and its en/it/cs/ru voices, flite;
+# festvox-ru alone is a 179 MB download) and more text (fortunes, translated manual pages).
 TEST_APT := espeak-ng sox prometheus chromium chromium-driver \
 	fortunes-min fortunes-de fortunes-it fortunes-es fortunes-pl fortunes-ru fortunes-cs fortunes-br \
-	fortunes-bg fortunes-eo manpages manpages-fr manpages-nl manpages-sv manpages-fi debconf-doc
+	fortunes-bg fortunes-eo manpages manpages-fr manpages-nl manpages-sv manpages-fi debconf-doc \
+	festival flite festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k \
+	festvox-itapc16k festival-czech festvox-czech-dita festvox-czech-krb festvox-czech-machac \
+	festvox-czech-ph festvox-ru \
+	fortunes manpages-es manpages-it manpages-pl manpages-ru manpages-cs manpages-pt-br
 SPEC := $(shell (cat pyproject.toml; echo "$(RUN_APT) $(TEST_APT)") | sha256sum | cut -c1-12)
 RUN_STAMP := $(VENV)/.stamp-run-$(SPEC)
 DEV_STAMP := $(VENV)/.stamp-dev-$(SPEC)

@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 
 from model.train.data.augment import (
+    CODECS,
     AugmentConfig,
     add_noise,
     apply_gain,
     augment,
+    codec_round_trip,
     reverberate,
     speed_perturb,
     synthetic_rir,
+    telephone,
 )
 from model.train.data.espeak import Voice, synthesize
 
@@ -68,3 +71,44 @@ def test_augment_deterministic(voice: np.ndarray) -> None:
     none, applied = augment(voice, np.random.default_rng(0), AugmentConfig(0, (1, 1), 0,
                             (0.1, 0.1), 0, (1, 1), 0, (0, 0)))  # fmt: skip
     assert applied == {} and np.allclose(none, voice)
+
+
+def test_telephone_band(voice: np.ndarray) -> None:
+    out = telephone(voice)
+    assert out.shape == voice.shape and out.dtype == np.float32
+
+    def share_above(x: np.ndarray, hz: float) -> float:
+        power = np.abs(np.fft.rfft(x)) ** 2
+        freqs = np.fft.rfftfreq(x.size, 1 / 16_000)
+        return float(power[freqs > hz].sum() / power.sum())
+
+    # espeak-ng puts ~1 % of its power above 3.8 kHz; the 8 kHz line leaves ~none
+    assert share_above(voice, 3800) > 1e-3
+    assert share_above(out, 3800) < 1e-4
+    assert share_above(out, 0) > 0 and np.abs(out).max() > 0.05
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_codec_round_trip_keeps_length_and_timing(voice: np.ndarray, codec: str) -> None:
+    for bit_rate in CODECS[codec].bit_rates:
+        out = codec_round_trip(voice, codec, bit_rate)
+        assert out.shape == voice.shape and out.dtype == np.float32
+        # still the same speech at the same time (codec delay removed): correlated at lag 0
+        # and less so 10 ms off; the lossiest (opus 8 kb/s, amr 4.75 kb/s) still above 0.7
+        here = float(np.corrcoef(voice, out)[0, 1])
+        shifted = float(np.corrcoef(voice[160:], out[:-160])[0, 1])
+        assert here > 0.7 and here > shifted + 0.2, (codec, bit_rate, here, shifted)
+        assert not np.array_equal(out, voice)  # lossy
+
+
+def test_channel_effects_are_drawn_and_recorded(voice: np.ndarray) -> None:
+    config = AugmentConfig(telephone_prob=1.0, codec_prob=1.0, codecs=("mp3",))
+    out, applied = augment(voice, np.random.default_rng(5), config)
+    assert applied["telephone"] == 1.0 and applied["codec_mp3"] in CODECS["mp3"].bit_rates
+    again, _ = augment(voice, np.random.default_rng(5), config)
+    assert np.array_equal(out, again)
+    # at probability 0 (v1's configs) no channel effect is applied
+    _, applied = augment(voice, np.random.default_rng(5), AugmentConfig())
+    assert not any(k == "telephone" or k.startswith("codec_") for k in applied)
+    with pytest.raises(ValueError, match="unknown codecs"):
+        AugmentConfig(codecs=("gsm",))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from model.train.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from model.train.data.text_sources import (
+    EXTRA_SOURCES,
     SOURCES,
     TextSource,
     clean_sentences,
@@ -35,7 +36,8 @@ def _pool(source: TextSource, files: list[tuple[str, Path]]) -> list[str]:
 
 
 def test_every_source_reads_only_files_its_packages_installed() -> None:
-    for lang, source in SOURCES.items():
+    # v1's sources and the v2 corpus's extra ones (EXTRA_SOURCES, keyed by name)
+    for lang, source in {**SOURCES, **EXTRA_SOURCES}.items():
         owned = {p for package in source.debian_packages for p in package_files(package)}
         files = source.files()
         assert files, (lang, "no files: are its Debian packages installed?")
@@ -64,8 +66,8 @@ def test_an_unrelated_package_leaves_every_pool_unchanged() -> None:
         # ... while the pool we build is the one without them, byte for byte.
         without = [(kind, path) for kind, path in files if path not in foreign]
         assert pool_sha256(pool) == pool_sha256(_pool(source, without)), lang
-    # No other language reads any of its files either.
-    for lang, source in SOURCES.items():
+    # No other language, and no extra source, reads any of its files either.
+    for lang, source in {**SOURCES, **EXTRA_SOURCES}.items():
         read = [path for _, path in source.files() if path in foreign]
         assert not read, (lang, read[:3])
 

@@ -1,13 +1,18 @@
-"""Waveform augmentation for synthetic speech: speed, reverberation, noise, gain.
+"""Waveform augmentation for synthetic speech: speed, reverberation, noise, the channel
+(telephone band, lossy codecs) and gain.
 
 Every random choice comes from the ``numpy.random.Generator`` passed in, so a corpus
-built from one seed is the same on every machine.
+built from one seed is the same on every machine. The channel effects came after v1's
+(speed, reverb, noise, gain): their random numbers are drawn after v1's, so a v1 config
+(channel probabilities 0) still builds v1's audio sample for sample.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
+import av
 import numpy as np
 import torch
 import torchaudio.functional as AF
@@ -27,6 +32,18 @@ class AugmentConfig:
     snr_db_range: tuple[float, float] = (5.0, 30.0)
     gain_prob: float = 0.8
     gain_db_range: tuple[float, float] = (-12.0, 6.0)
+    # The channel, after the room and its noise: a telephone line (300-3400 Hz, 8 kHz and
+    # back), then one lossy codec round trip (``CODECS``), each drawn independently.
+    telephone_prob: float = 0.0
+    codec_prob: float = 0.0
+    codecs: tuple[str, ...] = ("mulaw", "alaw", "amr_nb", "g722", "mp3", "opus", "aac")
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.codecs) - set(CODECS))
+        if unknown:
+            raise ValueError(f"unknown codecs {unknown}: choose from {sorted(CODECS)}")
+        if self.codec_prob > 0 and not self.codecs:
+            raise ValueError("codec_prob > 0 needs at least one codec")
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> AugmentConfig:
@@ -104,14 +121,98 @@ def apply_gain(samples: np.ndarray, gain_db: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def telephone(samples: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A telephone line: band-limited to 300-3400 Hz, sampled at 8 kHz and back to ``rate``;
+    keeps ``T`` samples."""
+    if samples.size == 0:
+        return samples
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    narrow = AF.resample(x, rate, 8000)  # its anti-alias filter cuts near 4 kHz
+    # Two biquads each side give a ~24 dB/octave slope, like a line's band-pass filter.
+    for _ in range(2):
+        narrow = AF.highpass_biquad(narrow, 8000, 300.0)
+        narrow = AF.lowpass_biquad(narrow, 8000, 3400.0)
+    out = AF.resample(narrow, 8000, rate).numpy()
+    return _fit(out, samples.size)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A lossy codec PyAV's FFmpeg encodes: container, encoder, sample rate, bit rates."""
+
+    container: str
+    encoder: str
+    rate: int
+    bit_rates: tuple[int, ...] = (0,)  # 0: the codec has one rate
+    # Samples (at ``rate``) the decoded signal lags the input by, dropped so that the words
+    # stay where the transcript's audio had them (measured by cross-correlation with
+    # PyAV 18's FFmpeg; mp3 and opus decoders remove their own priming).
+    delay: int = 0
+
+
+CODECS: dict[str, Codec] = {
+    "mulaw": Codec("wav", "pcm_mulaw", 8000),  # G.711, telephone
+    "alaw": Codec("wav", "pcm_alaw", 8000),
+    "amr_nb": Codec("amr", "libopencore_amrnb", 8000, (4750, 7950, 12200), delay=40),  # mobile
+    "g722": Codec("wav", "g722", 16000, delay=22),  # wide-band VoIP
+    "mp3": Codec("mp3", "libmp3lame", 16000, (16000, 24000, 32000, 48000)),
+    "opus": Codec("ogg", "libopus", 16000, (8000, 12000, 16000, 24000)),
+    "aac": Codec("adts", "aac", 16000, (24000, 32000, 48000), delay=1024),  # ADTS: no skip
+}
+
+
+def _fit(samples: np.ndarray, length: int) -> np.ndarray:
+    """Cut or zero-pad to ``length`` (resampling and codec frames change it by a few)."""
+    out = np.zeros(length, dtype=np.float32)
+    n = min(length, samples.size)
+    out[:n] = samples[:n]
+    return out
+
+
+def codec_round_trip(
+    samples: np.ndarray, codec: str, bit_rate: int = 0, rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """Encode ``[T]`` with ``codec`` (a ``CODECS`` name) in memory and decode it again, at
+    the codec's sample rate; returns ``T`` samples at ``rate``, the codec's delay removed."""
+    if samples.size == 0:
+        return samples
+    spec = CODECS[codec]
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    if spec.rate != rate:
+        x = AF.resample(x, rate, spec.rate)
+    pcm = (np.clip(x.numpy(), -1.0, 1.0) * 32767).astype(np.int16)[None, :]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=spec.container) as out:
+        stream = out.add_stream(spec.encoder, rate=spec.rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)  # an audio encoder gives an audio stream
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = spec.rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    buf.seek(0)
+    pieces = []
+    with av.open(buf, "r") as inp:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.rate)
+        for decoded in inp.decode(inp.streams.audio[0]):
+            pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(decoded)]
+    y = torch.from_numpy(np.concatenate(pieces)[spec.delay :].astype(np.float32))
+    if spec.rate != rate:
+        y = AF.resample(y, spec.rate, rate)
+    return _fit(y.numpy(), samples.size)
+
+
 def augment(
     samples: np.ndarray,
     rng: np.random.Generator,
     config: AugmentConfig | None = None,
     rate: int = SAMPLE_RATE,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Speed -> reverb -> noise -> gain on mono float32 ``[T]``; returns the new signal
-    ``[T']`` and what was applied (for the manifest summary)."""
+    """Speed -> reverb -> noise -> telephone -> codec -> gain on mono float32 ``[T]``;
+    returns the new signal ``[T']`` and what was applied (for the manifest summary)."""
     config = config or AugmentConfig()
     applied: dict[str, float] = {}
     out = samples.astype(np.float32)
@@ -132,6 +233,17 @@ def augment(
     if flips[2] < config.noise_prob:
         out = add_noise(out, snr, rng, color)
         applied["snr_db"] = round(snr, 1)
+    # The channel's numbers come after every draw v1 made (see the module docstring).
+    channel = rng.random(2)
+    codec = config.codecs[int(rng.integers(len(config.codecs)))] if config.codecs else ""
+    bit_rates = CODECS[codec].bit_rates if codec else (0,)
+    bit_rate = bit_rates[int(rng.integers(len(bit_rates)))]
+    if channel[0] < config.telephone_prob:
+        out = telephone(out, rate)
+        applied["telephone"] = 1.0
+    if codec and channel[1] < config.codec_prob:
+        out = codec_round_trip(out, codec, bit_rate, rate)
+        applied[f"codec_{codec}"] = float(bit_rate)
     if flips[3] < config.gain_prob:
         out = apply_gain(out, gain)
         applied["gain_db"] = round(gain, 1)

@@ -1,11 +1,19 @@
-"""The synthetic multilingual corpus: espeak-ng speaking real sentences in many languages.
+"""The synthetic multilingual corpus: TTS engines speaking real sentences in many languages.
 
 Sentences come from Debian text packages (``text_sources``) or user text files. Each
 language's sentences are shuffled with the seed and split BY SENTENCE: test and dev
 sentences never occur in train. Train utterances cycle through the train sentences
-with a random voice each (espeak-ng variant, rate, pitch) until the language's target
-duration is reached (a sentence may be heard several times, in different voices); a
-fraction of them are augmented (speed, reverb, noise, gain).
+with a random voice each (espeak-ng variant, rate, pitch; or, for ``synthesizer_share`` of
+them, another engine's voice from ``synthesizers``) until the language's target duration
+is reached (a sentence may be heard several times, in different voices); a fraction of
+them are augmented (speed, reverb, noise, telephone band, codecs, gain).
+
+Held-out conditions: voices in ``heldout_variants`` (espeak-ng) and ``heldout_voices``
+(other engines) are never drawn for train or dev. When there are any, the test split
+speaks each of its sentences twice: once by a training voice (the ``seen`` condition, the
+very clips a config without held-out voices builds) and once by a held-out voice
+(``unseen``). The config refuses a voice that is in both lists, so the two conditions are
+disjoint by construction.
 
 Everything is a function of the config (seed included): the same config on another
 machine gives the same manifests and the same audio (up to float rounding in the
@@ -43,14 +51,24 @@ import numpy as np
 import soundfile as sf
 
 from model.train.data.augment import AugmentConfig, augment
-from model.train.data.espeak import SAMPLE_RATE, Voice, synthesize
+from model.train.data.espeak import SAMPLE_RATE
 from model.train.data.manifest import ManifestEntry, write_manifest
+from model.train.data.synthesizers import (
+    ESPEAK,
+    SYNTHESIZERS,
+    SynthVoice,
+    can_speak,
+    synthesize,
+    voice_language,
+)
 from model.train.data.text_sources import (
+    EXTRA_SOURCES,
     SOURCES,
     CleaningConfig,
     clean_sentences,
     load_language_text,
     pool_sha256,
+    read_documents,
 )
 from model.train.progress import progress_bar
 
@@ -58,6 +76,8 @@ DEFAULT_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f
 # Rough speaking speed for the progress bar's estimate of a dev/test split's audio
 # (espeak-ng at ~170 words a minute); the estimate is replaced once the split is built.
 CHARS_PER_SECOND = 15.0
+# The test split's conditions: voices some training clip uses, and voices none does.
+SEEN, UNSEEN = "seen", "unseen"
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,60 @@ class SyntheticCorpusConfig:
     voices: Mapping[str, str] = field(default_factory=dict)  # language -> espeak-ng voice
     workers: int = 2
     chunk: int = 64  # utterances synthesized per round (the target is checked between rounds)
+    # --- added for v2 (issue 19); at their defaults a config builds v1's corpus ---
+    # language -> names of text_sources.EXTRA_SOURCES whose sentences join its pool
+    extra_text: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # language -> engine -> voices that speak its training (and dev) clips besides
+    # espeak-ng's language voice; an "espeak-ng" entry adds espeak-ng language voices
+    # (accents such as "en-us"), each with every training variant.
+    synthesizers: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    synthesizer_share: float = 0.0  # of a language's train clips, by its non-espeak voices
+    # Voices only the test split's ``unseen`` condition uses.
+    heldout_variants: tuple[str, ...] = ()  # espeak-ng variants
+    heldout_voices: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.variants) & set(self.heldout_variants))
+        if both:
+            raise ValueError(f"espeak-ng variants both trained on and held out: {both}")
+        if "" in self.heldout_variants:
+            raise ValueError("the default voice ('' variant) cannot be held out")
+        for table, name in (
+            (self.synthesizers, "synthesizers"),
+            (self.heldout_voices, "heldout_voices"),
+        ):
+            for language, engines in table.items():
+                for engine, names in engines.items():
+                    if engine not in SYNTHESIZERS:
+                        raise ValueError(
+                            f"{name}.{language}: unknown synthesizer {engine!r}: "
+                            f"choose from {sorted(SYNTHESIZERS)}"
+                        )
+                    if engine == ESPEAK and name == "heldout_voices":
+                        raise ValueError(
+                            "hold espeak-ng voices out with heldout_variants, not heldout_voices"
+                        )
+                    # espeak-ng speaks every language; another engine's voice must be one
+                    # it has, for this language.
+                    wrong = [
+                        v
+                        for v in names
+                        if engine != ESPEAK and voice_language(engine, v) != language
+                    ]
+                    if wrong:
+                        raise ValueError(
+                            f"{name}.{language}.{engine}: {wrong} are not {engine} voices "
+                            f"for {language}"
+                        )
+        for language, engines in self.heldout_voices.items():
+            for engine, names in engines.items():
+                both = sorted(set(names) & set(self.synthesizers.get(language, {}).get(engine, ())))
+                if both:
+                    raise ValueError(
+                        f"{language} {engine} voices both trained on and held out: {both}"
+                    )
+        if not 0.0 <= self.synthesizer_share <= 1.0:
+            raise ValueError("synthesizer_share must lie in [0, 1]")
 
     @property
     def languages(self) -> list[str]:
@@ -102,11 +176,55 @@ class SyntheticCorpusConfig:
             return self.voices[language]
         return SOURCES[language].espeak_voice if language in SOURCES else language
 
+    def train_voices(self, language: str) -> list[SynthVoice]:
+        """Every voice (rate and pitch aside) a training clip of ``language`` may use."""
+        return [v for pool in self._train_pools(language) for v in pool]
+
+    def heldout_pool(self, language: str) -> list[list[SynthVoice]]:
+        """The voices of the ``unseen`` condition, one list per engine (empty: none)."""
+        main = self.voice_for(language)
+        pools = []
+        if self.heldout_variants:
+            pools.append([SynthVoice(ESPEAK, f"{main}+{v}") for v in self.heldout_variants])
+        for engine, names in sorted(self.heldout_voices.get(language, {}).items()):
+            if names:
+                pools.append([SynthVoice(engine, n) for n in names])
+        return pools
+
+    def _train_pools(self, language: str) -> list[list[SynthVoice]]:
+        """[espeak-ng voices, other engines' voices]: the share picks between the two."""
+        engines = self.synthesizers.get(language, {})
+        accents = [self.voice_for(language), *engines.get(ESPEAK, ())]
+        espeak = [
+            SynthVoice(ESPEAK, f"{a}+{v}" if v else a) for a in accents for v in self.variants
+        ]
+        others = [
+            SynthVoice(engine, n)
+            for engine, names in sorted(engines.items())
+            if engine != ESPEAK
+            for n in names
+        ]
+        return [espeak, others]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["minutes"] = dict(self.minutes)
         d["text_files"] = dict(self.text_files)
         d["voices"] = dict(self.voices)
+        d["extra_text"] = {k: list(v) for k, v in self.extra_text.items()}
+        for key in ("synthesizers", "heldout_voices"):
+            d[key] = {
+                lang: {e: list(names) for e, names in engines.items()}
+                for lang, engines in getattr(self, key).items()
+            }
+        # Keys added after v1 are left out at their defaults: a v1 config keeps its
+        # dictionary and fingerprint, so v1 corpora and bundles still match their configs.
+        for key, default in _V2_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
+        for key, default in _V2_AUGMENT_DEFAULTS.items():
+            if d["augment"][key] == default:
+                del d["augment"][key]
         return d
 
     @classmethod
@@ -121,6 +239,13 @@ class SyntheticCorpusConfig:
                 kwargs[key] = AugmentConfig.from_dict(dict(value))
             elif key == "cleaning":
                 kwargs[key] = CleaningConfig(**value)
+            elif key in ("synthesizers", "heldout_voices"):
+                kwargs[key] = {
+                    lang: {engine: tuple(names) for engine, names in engines.items()}
+                    for lang, engines in value.items()
+                }
+            elif key == "extra_text":
+                kwargs[key] = {lang: tuple(names) for lang, names in value.items()}
             elif isinstance(value, list):
                 kwargs[key] = tuple(value)
             else:
@@ -136,6 +261,20 @@ class SyntheticCorpusConfig:
     def fingerprint(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_V2_DEFAULTS: dict[str, Any] = {
+    "extra_text": {},
+    "synthesizers": {},
+    "synthesizer_share": 0.0,
+    "heldout_variants": (),
+    "heldout_voices": {},
+}
+_V2_AUGMENT_DEFAULTS: dict[str, Any] = {
+    "telephone_prob": 0.0,
+    "codec_prob": 0.0,
+    "codecs": AugmentConfig().codecs,
+}
 
 
 @dataclass
@@ -161,7 +300,7 @@ class _Job:
     """One utterance to synthesize (picklable, for the worker pool)."""
 
     text: str
-    voice: Voice
+    voice: SynthVoice
     path: str
     augment_seed: int | None  # None: clean
     augment: AugmentConfig
@@ -192,12 +331,40 @@ def _seed(*parts: object) -> int:
 
 def _texts(config: SyntheticCorpusConfig, language: str) -> tuple[list[str], dict[str, Any]]:
     """Cleaned sentences for a language and where they came from."""
+    extras = [EXTRA_SOURCES[name] for name in config.extra_text.get(language, ())]
     if language in config.text_files:
         path = Path(config.text_files[language])
         lines = path.read_text(encoding="utf-8").splitlines()
         script = SOURCES[language].script if language in SOURCES else ""
         clean = clean_sentences(lines, language, script, config.cleaning)
         source: dict[str, Any] = {"file": str(path)}
+    elif extras:
+        src = SOURCES[language]
+        for extra in extras:
+            if not extra.available():
+                raise FileNotFoundError(
+                    f"no text for {language} from {extra.debian_packages}: install them"
+                )
+        # v1's documents first, then each extra source's (in the config's order), cleaned
+        # as one pool: a sentence in two sources is kept once.
+        documents = [src.documents(), *(read_documents(e.files()) for e in extras)]
+        clean = clean_sentences(
+            (doc for docs in documents for doc in docs),
+            language,
+            src.script,
+            config.cleaning,
+            # Translated manual pages keep English paragraphs: filter when any source does.
+            src.filter_english or any(e.filter_english for e in extras),
+        )
+        packages = [*src.debian_packages, *(p for e in extras for p in e.debian_packages)]
+        versions = dict(src.package_versions())
+        for extra in extras:
+            versions.update(extra.package_versions())
+        source = {
+            "debian_packages": packages,
+            "package_versions": versions,
+            "extra_sources": list(config.extra_text[language]),
+        }
     else:
         clean = load_language_text(language, config=config.cleaning)
         src = SOURCES[language]
@@ -243,21 +410,55 @@ def _plan_language(
     return sentences, source, parts
 
 
-def _voice_stream(config: SyntheticCorpusConfig, language: str, split: str) -> Iterator[Voice]:
-    rng = np.random.default_rng(_seed(config.seed, language, split, "voice"))
-    espeak_voice = config.voice_for(language)
+def _voice_stream(
+    config: SyntheticCorpusConfig, language: str, split: str, condition: str = SEEN
+) -> Iterator[SynthVoice]:
+    """Random voices of a split. A config with only espeak-ng voices draws exactly v1's
+    numbers (variant, rate, pitch), so its clips are v1's."""
+    if condition == SEEN:
+        rng = np.random.default_rng(_seed(config.seed, language, split, "voice"))
+        espeak, others = config._train_pools(language)
+        # v1 drew variants of the language's own voice: keep its draws when that is all.
+        v1 = len(espeak) == len(config.variants)
+        share = config.synthesizer_share if others else 0.0
+        pools = [espeak, others]
+    else:
+        rng = np.random.default_rng(_seed(config.seed, language, split, condition, "voice"))
+        pools = config.heldout_pool(language)
+        v1, share = False, 0.0
     while True:
-        variant = config.variants[int(rng.integers(len(config.variants)))]
+        if v1 and share == 0.0:
+            pool = pools[0]
+        elif condition == SEEN:
+            pool = pools[1] if rng.random() < share else pools[0]
+        else:  # each held-out engine equally often
+            pool = pools[int(rng.integers(len(pools)))]
+        voice = pool[int(rng.integers(len(pool)))]
         rate = int(rng.integers(config.rate_range[0], config.rate_range[1] + 1))
         pitch = int(rng.integers(config.pitch_range[0], config.pitch_range[1] + 1))
-        yield Voice(espeak_voice, variant or None, rate, pitch)
+        yield SynthVoice(voice.synthesizer, voice.name, rate, pitch)
+
+
+def _voice_for_text(voices: Iterator[SynthVoice], text: str, fallback: str) -> SynthVoice:
+    """The stream's next voice, or espeak-ng's ``fallback`` voice at its rate and pitch when
+    the engine cannot take the text's letters (festival's 8-bit voices)."""
+    voice = next(voices)
+    if can_speak(voice, text):
+        return voice
+    return SynthVoice(ESPEAK, fallback, voice.rate, voice.pitch)
 
 
 def _utterances(
-    config: SyntheticCorpusConfig, language: str, split: str, sentences: list[str], cycle: bool
-) -> Iterator[tuple[str, Voice, int | None]]:
+    config: SyntheticCorpusConfig,
+    language: str,
+    split: str,
+    sentences: list[str],
+    cycle: bool,
+    condition: str = SEEN,
+) -> Iterator[tuple[str, SynthVoice, int | None]]:
     """(text, voice, augment seed) in order; train cycles through its sentences forever."""
-    voices = _voice_stream(config, language, split)
+    voices = _voice_stream(config, language, split, condition)
+    fallback = config.voice_for(language)
     rng = np.random.default_rng(_seed(config.seed, language, split, "augment"))
     do_augment = split == "train" or config.augment_eval
     epoch = 0
@@ -268,7 +469,8 @@ def _utterances(
         for text in order:
             flip = rng.random()
             seed = int(rng.integers(2**62))
-            yield text, next(voices), seed if do_augment and flip < config.augment_prob else None
+            voice = _voice_for_text(voices, text, fallback)
+            yield text, voice, seed if do_augment and flip < config.augment_prob else None
         epoch += 1
         if not cycle or not sentences:
             return
@@ -284,15 +486,19 @@ def _synthesize_split(
     pool: Executor | None,
     log: Callable[[str], None],
     advance: Callable[[float], None] | None = None,
+    condition: str = SEEN,
+    first_index: int = 0,
 ) -> list[ManifestEntry]:
     """Synthesize a split in rounds of ``config.chunk``; train stops at exactly the first
     utterance that reaches ``target_seconds`` (the surplus of the last round is deleted).
-    ``advance`` gets the seconds of audio each round kept."""
+    ``advance`` gets the seconds of audio each round kept. ``condition``: the voices
+    (``seen``: training voices; ``unseen``: held-out ones); files are numbered from
+    ``first_index``."""
     cycle = target_seconds is not None
-    stream = _utterances(config, language, split, sentences, cycle)
+    stream = _utterances(config, language, split, sentences, cycle, condition)
     entries: list[ManifestEntry] = []
     total = 0.0
-    index = 0
+    index = first_index
     while True:
         jobs: list[_Job] = []
         for text, voice, seed in stream:
@@ -310,14 +516,15 @@ def _synthesize_split(
                 Path(job.path).unlink()  # surplus of the last round
                 continue
             rel = str(Path(job.path).relative_to(out_dir))
-            speaker = job.voice.espeak_name()
+            speaker = job.voice.speaker
             entries.append(ManifestEntry(rel, job.text, language, round(seconds, 4), speaker))
             total += seconds
         if advance is not None:
             advance(total - before)
         if target_seconds is not None and total >= target_seconds:
             break
-    log(f"{language} {split}: {len(entries)} utterances, {total / 60:.1f} min")
+    label = f"{split} ({condition})" if condition != SEEN else split
+    log(f"{language} {label}: {len(entries)} utterances, {total / 60:.1f} min")
     return entries
 
 
@@ -378,6 +585,9 @@ def build_synthetic_corpus(
             for split, texts in parts.items()
             if split in only
         }
+        for language in plans:
+            if "test" in only and config.heldout_pool(language):  # spoken again, unseen
+                expected[language, "test"] *= 2
         bar_total = sum(expected.values())
         task = bar.add_task("corpus", total=bar_total, info="")
         bar.start()
@@ -392,6 +602,20 @@ def build_synthetic_corpus(
                 entries = _synthesize_split(
                     config, language, split, texts, target, tmp, pool, say, advance
                 )
+                if split == "test" and config.heldout_pool(language):
+                    # The same sentences again, each by a voice no training clip uses.
+                    unseen = _synthesize_split(
+                        config, language, split, texts, None, tmp, pool, say, advance,
+                        condition=UNSEEN, first_index=len(entries),
+                    )  # fmt: skip
+                    info["conditions"] = {
+                        SEEN: {"utterances": len(entries)},
+                        UNSEEN: {
+                            "utterances": len(unseen),
+                            "speakers": sorted({e.speaker or "" for e in unseen}),
+                        },
+                    }
+                    entries = entries + unseen
                 # The total follows what was built (dev/test were estimates, train overshoots).
                 bar_total += sum(e.duration for e in entries) - expected[language, split]
                 bar.update(task, total=bar_total)
@@ -407,6 +631,8 @@ def build_synthetic_corpus(
                 "\n".join(train_text) + "\n", encoding="utf-8"
             )
             info["alphabet"] = sorted({ch for s in sentences for ch in s} | {" "})
+            if config.heldout_pool(language) or config.synthesizers.get(language):
+                info["train_speakers"] = sorted({v.speaker for v in config.train_voices(language)})
             languages[language] = info
     finally:
         bar.stop()  # a no-op when it never started

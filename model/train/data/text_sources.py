@@ -170,6 +170,29 @@ SOURCES: dict[str, TextSource] = {
 }  # fmt: skip
 
 
+# More text for a language (issue 19: v1's text was mostly fortune cookies), named so that a
+# corpus config adds them to a language's pool (``extra_text``) without changing SOURCES:
+# v1's pools, and the seeded splits drawn from them, stay what they were.
+def _translated_man(language: str, voice: str, package: str, folder: str) -> TextSource:
+    """manpages-l10n's translations: technical, but running prose written by people."""
+    script = "CYRILLIC" if language == "ru" else "LATIN"
+    # Untranslated English paragraphs: Cyrillic text loses them to the script check.
+    return TextSource(language, voice, script, (package,), _man(folder), script == "LATIN")
+
+
+EXTRA_SOURCES: dict[str, TextSource] = {
+    # The full English fortune collection (computers, science, wisdom, zippy, ...).
+    "en-fortunes": TextSource("en", "en", "LATIN", ("fortunes",), _fortunes("")),
+    "de-man": _translated_man("de", "de", "manpages-de", "de"),
+    "es-man": _translated_man("es", "es", "manpages-es", "es"),
+    "it-man": _translated_man("it", "it", "manpages-it", "it"),
+    "pl-man": _translated_man("pl", "pl", "manpages-pl", "pl"),
+    "ru-man": _translated_man("ru", "ru", "manpages-ru", "ru"),
+    "cs-man": _translated_man("cs", "cs", "manpages-cs", "cs"),
+    "pt-man": _translated_man("pt", "pt-br", "manpages-pt-br", "pt_BR"),
+}
+
+
 # Frequent English words that are not also frequent words of fr/nl/sv/fi.
 _ENGLISH_MARKERS = frozenset(
     "the of and to with this that for are from which when you your be by not if "
