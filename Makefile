@@ -30,7 +30,7 @@ TEST_APT := espeak-ng sox prometheus chromium chromium-driver \
 	festival flite festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k \
 	festvox-itapc16k festival-czech festvox-czech-dita festvox-czech-krb festvox-czech-machac \
 	festvox-czech-ph festvox-ru \
-	fortunes manpages-es manpages-it manpages-pl manpages-ru manpages-cs manpages-pt-br
+	fortunes manpages-de manpages-es manpages-it manpages-pl manpages-ru manpages-cs manpages-pt-br
 SPEC := $(shell (cat pyproject.toml; echo "$(RUN_APT) $(TEST_APT)") | sha256sum | cut -c1-12)
 RUN_STAMP := $(VENV)/.stamp-run-$(SPEC)
 DEV_STAMP := $(VENV)/.stamp-dev-$(SPEC)
