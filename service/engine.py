@@ -38,6 +38,8 @@ from service.batcher import (
     QueueFullError,
     ShuttingDownError,
     WorkItem,
+    fastest_way,
+    policy_for_way,
 )
 from service.chunking import Chunk, plan_chunks, stitch
 from service.packs import PackStore
@@ -137,14 +139,47 @@ class TranscriptionResult:
 
 
 def batch_policy(settings: Settings) -> BatchPolicy:
+    """The batch policy the settings ask for. ``LASS_BATCH_MODE=auto`` starts as mixed and
+    is settled once the model is loaded (:func:`settle_batch_policy`)."""
     return BatchPolicy(
-        mode=settings.batch_mode,
+        mode="mixed" if settings.batch_mode == "auto" else settings.batch_mode,
         max_batch_size=settings.max_batch_size,
         max_batch_samples=max(1, int(settings.max_batch_audio_seconds * SAMPLE_RATE)),
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue_size=settings.max_queue_size,
         language_affinity=settings.batch_language_affinity,
     )
+
+
+def settle_batch_policy(
+    policy: BatchPolicy, settings: Settings, worker: ModelWorker
+) -> tuple[BatchPolicy, dict[str, Any]]:
+    """The policy to serve with, and what decided it (for /health/ready and the log).
+
+    ``LASS_BATCH_MODE=auto`` with warm-up: the way (mixed, language, none) that ran the
+    same clips fastest on this machine (``ModelWorker.time_batch_modes``); without warm-up,
+    mixed on CUDA (one batched forward for any languages keeps a GPU busy) and language on
+    the CPU (measured fastest there: docs/benchmarks.md). An explicit mode is kept.
+    """
+    choice: dict[str, Any] = {"compiled": worker.compiled is not None}
+    if settings.batch_mode != "auto":
+        way = "none" if policy.max_batch_size == 1 else policy.mode
+        choice.update(mode=settings.batch_mode, way=way, decided_by="LASS_BATCH_MODE")
+        return policy, choice
+    if settings.warmup and policy.max_batch_size > 1:
+        items = min(8, policy.max_batch_size)
+        seconds = worker.time_batch_modes(items=items)
+        way = fastest_way(seconds)
+        choice["measured_s"] = {k: round(v, 4) for k, v in seconds.items()}
+        choice["decided_by"] = f"warm-up: {items} clips of 4 s mixed, per language, one by one"
+    else:
+        way = "mixed" if worker.device.type == "cuda" else "language"
+        if policy.max_batch_size == 1:
+            way = "none"
+        choice["decided_by"] = "device type (no warm-up)"
+    settled = policy_for_way(policy, way)
+    choice.update(mode="auto", way=way, max_batch_size=settled.max_batch_size)
+    return settled, choice
 
 
 class Engine:
@@ -171,6 +206,9 @@ class Engine:
         self._overlap = int(settings.chunk_overlap_seconds * SAMPLE_RATE)
         self.batcher = Batcher(batch_policy(settings), self._run_batch, on_batch=self._on_batch)
         self._load_task: asyncio.Task[None] | None = None
+        # How the batch policy was settled (settle_batch_policy), once loaded.
+        self.batch_choice: dict[str, Any] | None = None
+        self._settled: BatchPolicy | None = None
         # Languages added or removed while running (docs/api.md, "POST /v1/languages"):
         # the vocabulary the head's columns follow, the LMs, the added packs, the requests
         # in flight per language (a removal waits for them) and the languages being removed
@@ -252,10 +290,17 @@ class Engine:
             torch.set_num_threads(self.settings.torch_threads)
         settings = self.settings
         worker = ModelWorker.load(
-            settings.bundle, settings.device, settings.dtype, settings.weight_cache_mb
+            settings.bundle,
+            settings.device,
+            settings.dtype,
+            settings.weight_cache_mb,
+            compile=settings.compile,
         )
         if self.settings.warmup:
             log.info("warm-up batch took %.2f s", worker.warm_up())
+        self._settled, self.batch_choice = settle_batch_policy(
+            self.batcher.policy, settings, worker
+        )
         return worker
 
     async def _load(self) -> None:
@@ -267,6 +312,9 @@ class Engine:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("loading the bundle failed: %s", self.error)
             return
+        if self._settled is not None:  # nothing is queued before ready
+            self.batcher.policy = self._settled
+        log.info("batch policy: %s", self.batch_choice)
         bundle = worker.bundle
         self.lm_paths = dict(bundle.lm_paths)
         vocab = ColumnVocabulary.from_vocabulary(bundle.vocab)
@@ -313,7 +361,11 @@ class Engine:
         # The old beam decoders are dropped, not closed (a decode may be using them); their
         # idle child processes end when they are collected.
         self._beams = BeamDecoders(
-            vocab, dict(self.lm_paths), BeamConfig(beam_width=self.settings.beam_width)
+            vocab,
+            dict(self.lm_paths),
+            BeamConfig(
+                beam_width=self.settings.beam_width, time_budget_s=self.settings.decode_budget_s
+            ),
         )
         worker = self.worker
         if self.metrics is not None and worker is not None:

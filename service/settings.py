@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # The bundle shipped inside the package (written by ``lass train export``).
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "model" / "default_bundle"
 
-BatchMode = Literal["mixed", "language"]
+BatchMode = Literal["auto", "mixed", "language"]
 
 
 class Settings(BaseSettings):
@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # Budget for materialized per-language weights W ⊙ M (an LRU cache; 0 = off, every
     # batch then rebuilds them from the bit-packed masks).
     weight_cache_mb: Annotated[int, Field(ge=0)] = 4096
+    # torch.compile the forward (model/compiled.py): "auto" = on for the CPU when a C++
+    # compiler is present (compiled during warm-up, before readiness), off on CUDA.
+    compile: Literal["auto", "on", "off"] = "auto"
 
     # Languages added at run time (POST /v1/languages, docs/api.md): each verified pack is
     # kept in <packs_dir>/<code>/ and loaded at start-up after the bundle, with the bundle
@@ -44,8 +47,10 @@ class Settings(BaseSettings):
     max_pack_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024 * 1024
 
     # Dynamic batching: "mixed" batches any languages, "language" only one per batch;
-    # max_batch_size=1 disables batching.
-    batch_mode: BatchMode = "mixed"
+    # max_batch_size=1 disables batching. "auto": whichever of mixed, language and no
+    # batching ran the same clips fastest at warm-up on this machine (without warm-up:
+    # mixed on CUDA, language on the CPU); /health/ready says which.
+    batch_mode: BatchMode = "auto"
     # In mixed batches prefer the languages with the most pending items (fewer, larger
     # language groups per batch); false = plain first-come order among similar lengths.
     batch_language_affinity: bool = True
@@ -93,6 +98,8 @@ class Settings(BaseSettings):
     # request carries hotwords, or always with decoder="beam".
     decoder: Literal["greedy", "beam"] = "greedy"
     beam_width: Annotated[int, Field(ge=1)] = 16
+    # Wall-clock budget of one utterance's beam search (a killable child process); over it: 503.
+    decode_budget_s: Annotated[float, Field(gt=0)] = 30.0
     decode_threads: Annotated[int, Field(ge=1)] = 2
 
     # Access (docs/api.md, "Keys, limits and CORS"). API keys, comma-separated, each

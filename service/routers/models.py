@@ -28,7 +28,10 @@ def list_models(ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models/{model_id}")
+@router.get(
+    "/v1/models/{model_id}",
+    responses={404: {"description": "No such model (OpenAI's error shape, code model_not_found)"}},
+)
 def get_model(model_id: str, ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
     """One model, or 404 in OpenAI's error shape."""
     from service.errors import ApiError
