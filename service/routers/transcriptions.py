@@ -42,7 +42,13 @@ from service.audio import (
 )
 from service.batcher import DeadlineExceededError, QueueFullError, ShuttingDownError
 from service.context import AppContext, get_context
-from service.engine import MIN_SAMPLES, DecodeOptions, NotReadyError, TranscriptionResult
+from service.engine import (
+    MIN_SAMPLES,
+    DecodeOptions,
+    NotReadyError,
+    TranscriptionResult,
+    UnknownLanguageError,
+)
 from service.errors import ApiError, bad_field, from_audio_error
 from service.formats import GRANULARITIES, RESPONSE_FORMATS, render
 from service.ratelimit import AudioAllowance, audio_allowance
@@ -498,6 +504,10 @@ async def create_transcription(
     except DeadlineExceededError as exc:
         ctx.metrics.reject("timeout")
         raise ApiError(504, "the request timed out waiting for the model", code="timeout") from exc
+    except UnknownLanguageError as exc:  # removed (DELETE /v1/languages) since the check above
+        raise bad_field(
+            "language", f"{exc}; supported: {', '.join(engine.languages)}", "unsupported_language"
+        ) from exc
     except DecodeBudgetExceededError as exc:
         ctx.metrics.reject("decode_timeout")
         raise ApiError(

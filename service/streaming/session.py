@@ -177,6 +177,7 @@ def _error_code(exc: Exception) -> str:
         "ShuttingDownError": "shutting_down",
         "NotReadyError": "model_not_ready",
         "AudioTooShortError": "audio_too_short",
+        "UnknownLanguageError": "unsupported_language",
     }
     return names.get(type(exc).__name__, "internal_error")
 
