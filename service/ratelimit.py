@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from fastapi import Depends
 from starlette.websockets import WebSocket
@@ -216,9 +217,38 @@ class StreamLease:
             self.limiter.close_stream(self.principal.bucket)
 
 
+def foreign_origin(ws: WebSocket, cors_origins: str) -> str | None:
+    """The browser page's origin when it may not open a stream here, else None.
+
+    Browsers apply no CORS to WebSockets, so without this any web site a user visits could
+    stream into a server on their machine. Clients that are not browsers send no Origin.
+    Allowed: the server's own pages (the Origin's host is the Host the browser connected
+    to) and the origins of ``LASS_CORS_ORIGINS`` (``*`` allows every origin)."""
+    origin = ws.headers.get("origin")
+    if not origin:
+        return None
+    allowed = {o.strip().rstrip("/") for o in cors_origins.split(",") if o.strip()}
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return None
+    host = ws.headers.get("host", "")
+    if urlsplit(origin).netloc.lower() == host.lower():
+        return None
+    return origin
+
+
 def admit_stream(ws: WebSocket, ctx: AppContext) -> StreamLease | Refusal:
     """A WebSocket's key (header or ``?api_key=``), a request token and a stream slot of its
     caller; or the refusal to send before closing (counted in ``lass_rejected_requests``)."""
+    foreign = foreign_origin(ws, ctx.settings.cors_origins)
+    if foreign is not None:
+        ctx.metrics.reject("origin_not_allowed")
+        return Refusal(
+            403,
+            "origin_not_allowed",
+            "origin_not_allowed",
+            f"WebSocket from origin {foreign[:100]!r} refused: only the server's own pages "
+            "and LASS_CORS_ORIGINS may open streams from a browser",
+        )
     principal = identify(ws, ctx, websocket=True)
     if isinstance(principal, Refusal):
         return principal

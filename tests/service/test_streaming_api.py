@@ -498,3 +498,27 @@ def test_sigterm_lets_open_streams_send_their_finals_then_closes_them_with_1001(
     assert "final" in kinds, kinds
     assert kinds[-1] == "error" and events[-1]["error"]["code"] == "server_shutting_down"
     assert close == 1001 and code in (0, -15)  # uvicorn re-raises the SIGTERM it handled
+
+
+def test_browser_pages_of_other_origins_cannot_open_streams(server: Server) -> None:
+    """Browsers apply no CORS to WebSockets: the server checks the Origin itself."""
+    url = ws_url(server, "/v1/stream")
+    own = server.base_url  # the page the server itself serves
+
+    async def run(origin: str | None) -> tuple[list[dict[str, Any]], int | None]:
+        events: list[dict[str, Any]] = []
+        kwargs = {"origin": origin} if origin else {}
+        async with websockets.connect(url, **kwargs) as ws:  # type: ignore[arg-type]
+            await ws.send(START)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                events.append(json.loads(await ws.recv()))
+                await ws.send(json.dumps({"type": "stop"}))
+                while True:
+                    events.append(json.loads(await ws.recv()))
+            return events, ws.close_code
+
+    events, close = asyncio.run(run("http://evil.example"))
+    assert events[0]["error"]["code"] == "origin_not_allowed" and close == 1008
+    for origin in (own, None):
+        events, close = asyncio.run(run(origin))
+        assert events[0]["type"] == "started" and close == 1000, origin
