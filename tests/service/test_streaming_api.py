@@ -226,6 +226,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Iter
         tiny_bundle,
         LASS_MAX_STREAMS="3",
         LASS_STREAM_IDLE_TIMEOUT_S="1.5",
+        LASS_STREAM_MAX_DURATION_S="4",
     )
     yield srv
     stop_server(srv)
@@ -236,6 +237,31 @@ def test_idle_stream_is_closed_after_the_timeout(limited: Server) -> None:
     events, close = asyncio.run(exchange(ws_url(limited, "/v1/stream"), [START], wait=10))
     assert events[-1]["error"]["code"] == "idle_timeout"
     assert close == 1008 and time.monotonic() - start < 6
+
+
+def test_a_stream_past_its_maximum_duration_is_transcribed_then_closed(
+    limited: Server, speech: dict[str, list[Utterance]]
+) -> None:
+    pcm = talk(speech["de"][:1], pause=0.3)
+
+    async def run() -> tuple[list[dict[str, Any]], int | None]:
+        events: list[dict[str, Any]] = []
+        async with websockets.connect(ws_url(limited, "/v1/stream")) as ws:
+            await ws.send(START)
+            step = RATE // 5 * 2  # 200 ms frames, sent every 0.5 s: never idle for 1.5 s
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for i in range(0, 10 * len(pcm), step):
+                    await ws.send(pcm[i % len(pcm) : i % len(pcm) + step])
+                    await asyncio.sleep(0.5)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    events.append(json.loads(await ws.recv()))
+            return events, ws.close_code
+
+    start = time.monotonic()
+    events, close = asyncio.run(run())
+    assert close == 1008 and time.monotonic() - start < 10
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "max_duration"
 
 
 def test_streams_beyond_the_maximum_are_refused_with_1013(limited: Server) -> None:
