@@ -37,6 +37,7 @@ from service.auth import KeyStore, authorize, install_log_redaction
 from service.context import AppContext
 from service.engine import Engine
 from service.errors import install_error_handlers
+from service.limits import BodyTimeoutMiddleware, ConnectionLimits
 from service.metrics import ServiceMetrics
 from service.ratelimit import RateLimiter
 from service.routers import (
@@ -170,12 +171,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def on_too_large(exc: AudioError) -> None:
         service_metrics.reject(exc.code)
 
-    # Outermost last: metrics see the 413s the size guard answers.
+    # Outermost last: metrics see the 413s the size guard and the 408s the body timeout
+    # answers.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_upload_bytes,
         paths=(transcriptions.PATH,),
         on_reject=on_too_large,
+    )
+    limits = ConnectionLimits()
+    app.add_middleware(
+        BodyTimeoutMiddleware,
+        timeout_s=limits.body_timeout_s,
+        min_rate=limits.body_min_rate,
+        on_reject=service_metrics.reject,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

@@ -22,6 +22,12 @@ def serve(
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.limits import (
+        ConnectionLimits,
+        connection_cap,
+        guarded_protocol,
+        raise_nofile_limit,
+    )
     from service.server import LassServer
     from service.settings import Settings
 
@@ -35,6 +41,7 @@ def serve(
             overrides[name] = value
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
+        limits = ConnectionLimits()
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"])
@@ -58,12 +65,26 @@ def serve(
     except KeyFileError as exc:
         typer.echo(f"lass serve: {exc}", err=True)
         raise typer.Exit(code=2) from exc
+    # Connections are capped below the descriptors the process may open (service/limits.py);
+    # uvicorn's limit_concurrency is not used: it counts idle connections too, so slow
+    # clients filling it would have every real request answered 503.
+    nofile = raise_nofile_limit()
+    cap = connection_cap(limits.max_connections, nofile)
+    if cap < limits.max_connections:
+        logging.getLogger("lass.service").warning(
+            "LASS_MAX_CONNECTIONS=%d lowered to %d: the process may open %d descriptors",
+            limits.max_connections,
+            cap,
+            nofile,
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        http=guarded_protocol(limits, cap, app.state.ctx.metrics.reject),
+        timeout_keep_alive=limits.keep_alive_s,
     )
     LassServer(config, app.state.ctx.streams, settings.stream_drain_s).run()
 
