@@ -37,11 +37,12 @@ DEV_STAMP := $(VENV)/.stamp-dev-$(SPEC)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help setup setup-dev serve test lint typecheck pytest clean
+.PHONY: help setup setup-dev serve test lint typecheck pytest clean loadtest
 
 help:
 	@echo "make serve   set up and start the service on http://$(HOST):$(PORT)"
 	@echo "make test    set up and run every check and test"
+	@echo "make loadtest  Locust against a local server (or LOAD_URL), fails past the SLO"
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -74,6 +75,23 @@ pytest: setup-dev
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Locust, headless, against a local `lass serve` (LOAD_SERVER_ENV: its settings; compiling the
+# forward at start-up takes minutes on a CPU, hence LASS_COMPILE=off) or LOAD_URL;
+# CSV and HTML reports under LOAD_OUT (runs/ is gitignored); fails when the error rate or a
+# p99 passes the bounds in LOAD_SLO. A 30 s version runs in `make test`
+# (tests/load/test_loadtest.py). Mixes and keys: tests/load/locustfile.py.
+LOAD_USERS ?= 8
+LOAD_SPAWN_RATE ?= 2
+LOAD_DURATION ?= 60s
+LOAD_OUT ?= runs/loadtest
+LOAD_SLO ?= tests/load/slo.toml
+LOAD_URL ?=
+LOAD_SERVER_ENV ?= LASS_COMPILE=off
+loadtest: setup-dev
+	$(PY) -m tests.load.run --users $(LOAD_USERS) --spawn-rate $(LOAD_SPAWN_RATE) \
+		--duration $(LOAD_DURATION) --out $(LOAD_OUT) --slo $(LOAD_SLO) \
+		$(if $(LOAD_URL),--url $(LOAD_URL)) $(foreach e,$(LOAD_SERVER_ENV),--server-env $(e))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
