@@ -1,4 +1,4 @@
-"""Service benchmark: mixed-language batching vs language-grouped vs no batching.
+"""Service benchmark: the batch policies (auto, mixed, language, none) side by side.
 
 Starts a real ``lass serve`` per policy on the same bundle (all at once; idle ones cost no
 CPU), then offers the same load (4 s clips over N languages from concurrent closed-loop
@@ -8,9 +8,17 @@ second), p50/p95/p99 latency, errors and the mean batch size. First it measures 
 overhead for one clip at a time on the ``none`` server: 1 - (model forward time from the
 ``Server-Timing`` header) / (end-to-end latency seen by the client).
 
+Policies: ``auto`` is the default configuration (``LASS_BATCH_MODE=auto``: the way that
+ran fastest at warm-up); ``mixed``, ``language`` and ``none`` force one way; all four use
+the forward ``--compile`` selects (default ``auto``: compiled on the CPU). ``eager-*``
+are the same with ``LASS_COMPILE=off`` (the eager forward: the baseline before the
+compiled one). Each server's start-up time (to ready: load, compile, warm-up) is reported.
+
 Without ``--bundle`` it writes a random-weight bundle of ``--preset`` with ``--languages``
 languages (throughput does not depend on the weights' values). The last line printed is
-JSON with the ratios.
+JSON: per policy its figures, each policy's RTFx over the best of mixed/language/none
+(``vs_best``) and over the best eager policy run (``vs_best_eager``), and what ``auto``
+chose.
 
     python -m bench.service --preset base --languages 10 --seconds 60 --concurrency 16
 """
@@ -41,12 +49,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 LANGUAGES = ["en", "de", "es", "it", "fr", "pt", "nl", "pl", "cs", "sv", "fi", "ro"]
 POLICIES: dict[str, dict[str, str]] = {
+    "auto": {"LASS_BATCH_MODE": "auto"},
     "mixed": {"LASS_BATCH_MODE": "mixed"},
     "language": {"LASS_BATCH_MODE": "language"},
     "none": {"LASS_BATCH_MODE": "mixed", "LASS_MAX_BATCH_SIZE": "1"},
     # mixed without the language affinity (plain queue order among similar lengths)
     "mixed-fifo": {"LASS_BATCH_MODE": "mixed", "LASS_BATCH_LANGUAGE_AFFINITY": "false"},
 }
+FORCED = ("mixed", "language", "none")  # the ways auto chooses among
+for _way in FORCED:  # the eager forward (LASS_COMPILE=off): the baseline before compiling
+    POLICIES[f"eager-{_way}"] = {**POLICIES[_way], "LASS_COMPILE": "off"}
 
 
 def write_random_bundle(out: Path, preset: str, languages: list[str], seed: int = 0) -> Path:
@@ -99,6 +111,8 @@ def free_port() -> int:
 class ServerProcess:
     url: str
     process: subprocess.Popen[bytes]
+    startup_s: float = 0.0  # launch to ready: load, compile, warm-up
+    ready: dict[str, Any] = field(default_factory=dict)  # the /health/ready body
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -125,12 +139,16 @@ def start(bundle: Path, env: dict[str, str], log_path: Path) -> ServerProcess:
             [sys.executable, "-m", "lass", "serve"], cwd=REPO, env=full, stdout=log, stderr=log
         )
     server = ServerProcess(f"http://127.0.0.1:{port}", proc)
-    deadline = time.monotonic() + 300
+    launched = time.monotonic()
+    deadline = launched + 1800  # compiling on a busy 2-core machine takes minutes
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log_path.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(server.url + "/health/ready", timeout=2).status_code == 200:
+            response = httpx.get(server.url + "/health/ready", timeout=2)
+            if response.status_code == 200:
+                server.startup_s = time.monotonic() - launched
+                server.ready = response.json()
                 return server
         except httpx.HTTPError:
             pass
@@ -267,7 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
-    parser.add_argument("--policies", default="mixed,language,none")
+    parser.add_argument(
+        "--policies",
+        default="auto,mixed,language,none",
+        help=f"comma-separated, of {', '.join(POLICIES)}",
+    )
+    parser.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="LASS_COMPILE of the servers (eager-* policies: always off)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="policies take turns this often")
     parser.add_argument("--overhead-requests", type=int, default=10)
     parser.add_argument("--device", default="auto")
@@ -300,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "LASS_MAX_QUEUE_SIZE": str(max(256, 4 * args.concurrency)),
         "LASS_DEVICE": args.device,
         "LASS_DTYPE": args.dtype,
+        "LASS_COMPILE": args.compile,
     }
     print(
         f"bundle {bundle}; {len(languages)} languages; {args.clip_seconds} s clips; "
@@ -314,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         for policy in policies:
             env = {**common, **POLICIES[policy]}
             servers[policy] = start(bundle, env, workdir / f"server-{policy}.log")
+            print(
+                f"{policy} ready in {servers[policy].startup_s:.1f} s: "
+                f"{servers[policy].ready.get('batch_policy')}"
+            )
             with httpx.Client(timeout=300) as client:  # warm every code path once
                 for language, clip in clips:
                     post(client, servers[policy].url, clip, language).raise_for_status()
@@ -330,21 +363,33 @@ def main(argv: list[str] | None = None) -> int:
                     args.concurrency,
                     args.seconds / args.rounds,
                 )
-                print(f"round {round_ + 1} {policy:>9}: {part.summary()}")
+                print(f"round {round_ + 1} {policy:>14}: {part.summary()}")
                 results[policy] = results[policy].merge(part) if policy in results else part
     finally:
         for server in servers.values():
             server.stop()
     for policy, result in results.items():
-        print(f"{policy:>9}: {result.summary()}")
+        print(f"{policy:>14}: {result.summary()}")
 
     def ratio(a: str, b: str) -> float | None:
         if a in results and b in results and results[b].rtfx > 0:
             return round(results[a].rtfx / results[b].rtfx, 3)
         return None
 
+    def vs_best(names: list[str]) -> dict[str, float] | None:
+        best = max((results[n].rtfx for n in names if n in results), default=0.0)
+        if best <= 0:
+            return None
+        return {p: round(r.rtfx / best, 3) for p, r in results.items()}
+
     summary = {
-        "policies": {p: r.summary() for p, r in results.items()},
+        "policies": {
+            p: {**r.summary(), "startup_s": round(servers[p].startup_s, 1)}
+            for p, r in results.items()
+        },
+        "vs_best": vs_best(list(FORCED)),
+        "vs_best_eager": vs_best([f"eager-{w}" for w in FORCED]),
+        "auto_chose": servers["auto"].ready.get("batch_policy") if "auto" in servers else None,
         "mixed_vs_none": ratio("mixed", "none"),
         "mixed_vs_language": ratio("mixed", "language"),
         "overhead": overhead,
@@ -357,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "max_batch_size": args.max_batch_size,
             "max_wait_ms": args.max_wait_ms,
+            "compile": args.compile,
         },
     }
     print(json.dumps(summary))

@@ -382,12 +382,19 @@ class LassModel(nn.Module):
         ``lang_ids`` None -> dense forward. Samples of different languages mix freely.
         """
         features, frames = self.extract_features(waveforms, lengths)
-        hidden, logits = self._run_transformer(features, frames, lang_ids, None, with_head=True)
-        assert logits is not None
         if frames is None:
             frames = torch.full(
                 (waveforms.shape[0],), features.shape[1], dtype=torch.long, device=waveforms.device
             )
+        return self.forward_features(features, frames, lang_ids)
+
+    def forward_features(
+        self, features: Tensor, frames: Tensor, lang_ids: Tensor | None = None
+    ) -> ModelOutput:
+        """:meth:`forward` from conv features ``[B, F, C]`` and valid frames ``[B]`` on
+        (what :meth:`extract_features` gives, or a compiled equivalent: model/compiled.py)."""
+        hidden, logits = self._run_transformer(features, frames, lang_ids, None, with_head=True)
+        assert logits is not None
         lid = None
         if self.lid_head is not None:
             if self.lid_input == "features":

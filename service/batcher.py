@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +71,30 @@ class BatchPolicy:
             raise ValueError("max_batch_size, max_batch_samples, max_queue_size must be >= 1")
         if self.max_wait_s < 0:
             raise ValueError("max_wait_s must be >= 0")
+
+
+# The ways a batch policy can run pending work, in the order preferred on a tie: mixed
+# batches (one forward for any languages), one-language batches, no batching.
+WAYS = ("mixed", "language", "none")
+
+
+def fastest_way(seconds: Mapping[str, float], tolerance: float = 0.02) -> str:
+    """The way (of :data:`WAYS`) that ran the same work fastest; a way within
+    ``tolerance`` of the fastest and earlier in :data:`WAYS` wins (timings are noisy)."""
+    timed = {way: seconds[way] for way in WAYS if way in seconds}
+    if not timed:
+        raise ValueError("no timings of mixed, language or none")
+    best = min(timed.values())
+    return next(way for way in timed if timed[way] <= best * (1 + tolerance))
+
+
+def policy_for_way(policy: BatchPolicy, way: str) -> BatchPolicy:
+    """``policy`` running pending work ``way``: ``none`` is one-language batches of one."""
+    if way == "none":
+        return dataclasses.replace(policy, mode="language", max_batch_size=1)
+    if way not in ("mixed", "language"):
+        raise ValueError(f"unknown way {way!r}")
+    return dataclasses.replace(policy, mode=way)  # type: ignore[arg-type]
 
 
 @dataclass(eq=False)

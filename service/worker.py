@@ -12,11 +12,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from model.bundle import Bundle, read_bundle
+from model.compiled import CompiledFeatures, compile_supported
 from model.packs import LanguagePack, install_pack, uninstall_language
 from model.vocab import ColumnVocabulary
 
@@ -43,6 +45,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def resolve_compile(name: Literal["auto", "on", "off"], device: torch.device) -> bool:
+    """``auto`` -> compile the conv feature encoder on the CPU (where it pays:
+    docs/benchmarks.md) when a C++ compiler is present; ``on`` insists (an error without
+    a compiler)."""
+    if name == "off":
+        return False
+    if name == "on":
+        if not compile_supported():
+            raise RuntimeError("LASS_COMPILE=on but no C++ compiler (c++, g++, clang++) is found")
+        return True
+    return device.type == "cpu" and compile_supported()
+
+
 @dataclass(frozen=True)
 class AsrOutput:
     """One sample's CTC logits: ``logits [F, V]`` float32 over the whole vocabulary."""
@@ -53,34 +68,47 @@ class AsrOutput:
 class ModelWorker:
     """Owns a loaded bundle: every language mask on the device with the backbone."""
 
-    def __init__(self, bundle: Bundle, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, bundle: Bundle, device: torch.device, dtype: torch.dtype, compiled: bool = False
+    ) -> None:
         self.bundle = bundle
         self.device = device
         self.dtype = dtype
         self.model = bundle.model.eval()
         self.languages: list[str] = list(self.model.languages)
         self._lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        # The compiled conv feature encoder (model/compiled.py), or None: all eager.
+        self.compiled: CompiledFeatures | None = CompiledFeatures(self.model) if compiled else None
 
     @classmethod
     def load(
-        cls, path: Path, device: str = "auto", dtype: str = "auto", weight_cache_mb: int = 0
+        cls,
+        path: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        weight_cache_mb: int = 0,
+        compile: Literal["auto", "on", "off"] = "off",
     ) -> ModelWorker:
         """Read and verify the bundle at ``path`` onto the resolved device and dtype, with a
-        cache of materialized masked weights of ``weight_cache_mb`` MiB (0: none)."""
+        cache of materialized masked weights of ``weight_cache_mb`` MiB (0: none), and the
+        compiled forward when ``compile`` resolves to on (:func:`resolve_compile`; its
+        graphs are compiled by :meth:`warm_up`)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         start = time.perf_counter()
         bundle = read_bundle(path, device=dev, dtype=dt)
         bundle.model.set_weight_cache(weight_cache_mb * 2**20 if weight_cache_mb else None)
+        compiled = resolve_compile(compile, dev)
         log.info(
-            "loaded bundle %s (%d languages) on %s/%s in %.1f s",
+            "loaded bundle %s (%d languages) on %s/%s in %.1f s; forward %s",
             path,
             len(bundle.model.languages),
             dev,
             str(dt).removeprefix("torch."),
             time.perf_counter() - start,
+            "compiled" if compiled else "eager",
         )
-        return cls(bundle, dev, dt)
+        return cls(bundle, dev, dt, compiled=compiled)
 
     def add_language(self, pack: LanguagePack, vocab: ColumnVocabulary) -> ColumnVocabulary:
         """Serve one more language from a verified pack (``model.packs.install_pack``); call
@@ -119,7 +147,10 @@ class ModelWorker:
         """One mixed-language batch: samples ``[T_i]`` and a language each -> logits each."""
         waveforms, lengths = self._pad(waves)
         lang_ids = torch.tensor([self._lang_index[lang] for lang in languages], device=self.device)
-        out = self.model(waveforms, lengths, lang_ids)
+        if self.compiled is not None:
+            out = self.compiled.forward(waveforms, lengths, lang_ids)
+        else:
+            out = self.model(waveforms, lengths, lang_ids)
         logits = out.logits.float().cpu().numpy()  # [B, F, V]
         frames = out.lengths.cpu().tolist()
         return [AsrOutput(logits[i, : frames[i]]) for i in range(len(waves))]
@@ -128,16 +159,23 @@ class ModelWorker:
     def run_lid(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Language probabilities ``[L]`` (over :attr:`languages`) per sample."""
         waveforms, lengths = self._pad(waves)
-        logits = self.model.identify_language(waveforms, lengths)
+        if self.compiled is not None:
+            logits = self.compiled.identify_language(waveforms, lengths)
+        else:
+            logits = self.model.identify_language(waveforms, lengths)
         return list(torch.softmax(logits.float(), dim=-1).cpu().numpy())
 
     def warm_up(self, seconds: float = 1.0) -> float:
-        """Run one short clip per language as one mixed batch (first-call allocations, kernel
-        selection, and the weight cache filled for every language).
+        """Compile the conv feature encoder (when on), then run one short clip per
+        language as one mixed batch (first-call allocations, kernel selection, and the
+        weight cache filled for every language).
 
         Returns the time it took in seconds.
         """
         start = time.perf_counter()
+        if self.compiled is not None:
+            with torch.inference_mode():
+                self.compiled.warm_up()
         rng = np.random.default_rng(0)
         wave = (0.01 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32)
         for i in range(0, len(self.languages), 16):
@@ -149,3 +187,32 @@ class ModelWorker:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
+
+    def time_batch_modes(
+        self, items: int = 8, seconds: float = 4.0, repeats: int = 2
+    ) -> dict[str, float]:
+        """Seconds to run the same ``items`` clips of ``seconds`` (over up to 4 languages,
+        as many clips each) three ways: ``mixed`` (one batch), ``language`` (one batch per
+        language), ``none`` (one clip at a time). The ways take turns ``repeats`` times;
+        each figure is its fastest turn (the least disturbed by other work)."""
+        rng = np.random.default_rng(1)
+        langs = self.languages[: max(1, min(4, items // 2))]
+        clip = int(seconds * 16_000)
+        waves = [(0.05 * rng.standard_normal(clip)).astype(np.float32) for _ in range(items)]
+        labels = [langs[i % len(langs)] for i in range(items)]
+        by_lang = {lang: [i for i in range(items) if labels[i] == lang] for lang in langs}
+        ways = {
+            "mixed": [list(range(items))],
+            "language": list(by_lang.values()),
+            "none": [[i] for i in range(items)],
+        }
+        best = {way: float("inf") for way in ways}
+        for _ in range(repeats):
+            for way, batches in ways.items():
+                start = time.perf_counter()
+                for batch in batches:
+                    self.run_asr([waves[i] for i in batch], [labels[i] for i in batch])
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                best[way] = min(best[way], time.perf_counter() - start)
+        return best

@@ -27,4 +27,5 @@ def ready(ctx: AppContext = Depends(get_context)) -> JSONResponse:
     ok = engine.ready and engine.batcher.accepting
     if ok:
         body["languages"] = engine.languages
+        body["batch_policy"] = engine.batch_choice
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -1,4 +1,5 @@
-"""bench/service.py end to end on a tiny bundle: three policies, one JSON summary line."""
+"""bench/service.py end to end on a tiny bundle: the default policies and an eager one, one
+JSON summary line."""
 
 from __future__ import annotations
 
@@ -32,14 +33,25 @@ def test_bench_service_reports_every_policy(
             "2",
             "--workdir",
             str(tmp_path / "w"),
+            "--policies",
+            "auto,mixed,language,none,eager-language",
+            "--compile",
+            "off",  # compiling takes minutes; the compiled forward has its own tests
         ]
     )
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)
-    assert set(summary["policies"]) == {"mixed", "language", "none"}
+    assert set(summary["policies"]) == {"auto", "mixed", "language", "none", "eager-language"}
     for result in summary["policies"].values():
-        assert result["requests"] > 0 and result["errors"] == 0
+        assert result["requests"] > 0 and result["errors"] == 0 and result["rtfx"] > 0
+        assert result["startup_s"] > 0
     assert summary["policies"]["none"]["mean_batch"] == 1.0
+    assert set(summary["vs_best"]) == set(summary["policies"])
+    assert max(summary["vs_best"][p] for p in ("mixed", "language", "none")) == 1.0
+    assert summary["vs_best_eager"]["eager-language"] == 1.0
+    # auto settled on one of the ways by timing them at warm-up
+    assert summary["auto_chose"]["way"] in {"mixed", "language", "none"}
+    assert set(summary["auto_chose"]["measured_s"]) == {"mixed", "language", "none"}
     assert summary["mixed_vs_none"] > 0 and summary["mixed_vs_language"] > 0
     assert 0 <= summary["overhead"]["overhead"] < 1

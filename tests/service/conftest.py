@@ -52,7 +52,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve(tmp_path: Path, bundle: Path, **env: str) -> Server:
     """A real ``lass serve`` on ``bundle``, returned once /health/ready says 200."""
-    full = {"LASS_BUNDLE": str(bundle), "LASS_TORCH_THREADS": "1", **env}
+    # The eager forward: compiling (LASS_COMPILE=auto on the CPU) takes minutes at start-up;
+    # the compiled forward has its own tests (tests/model/test_compiled.py, test_worker.py).
+    full = {"LASS_BUNDLE": str(bundle), "LASS_TORCH_THREADS": "1", "LASS_COMPILE": "off", **env}
     return start_server(tmp_path, full, ready_path="/health/ready")
 
 

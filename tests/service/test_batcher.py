@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +18,8 @@ from service.batcher import (
     QueueFullError,
     ShuttingDownError,
     WorkItem,
+    fastest_way,
+    policy_for_way,
 )
 
 
@@ -304,3 +307,22 @@ def test_language_affinity_makes_fewer_language_groups() -> None:
         assert sorted(g for b in affine for g in b) == sorted(langs)
 
     run(main)
+
+
+def test_fastest_way_prefers_mixed_then_language_within_the_tolerance() -> None:
+    assert fastest_way({"mixed": 1.2, "language": 1.0, "none": 1.1}) == "language"
+    assert fastest_way({"mixed": 1.01, "language": 1.0, "none": 0.995}) == "mixed"
+    assert fastest_way({"mixed": 1.5, "language": 1.0, "none": 0.9}) == "none"
+    assert fastest_way({"language": 2.0, "none": 1.0}, tolerance=0.0) == "none"
+    with pytest.raises(ValueError, match="no timings"):
+        fastest_way({"other": 1.0})
+
+
+def test_policy_for_way() -> None:
+    base = BatchPolicy(mode="mixed", max_batch_size=16, max_wait_s=0.02)
+    assert policy_for_way(base, "language") == dataclasses.replace(base, mode="language")
+    assert policy_for_way(base, "mixed") == base
+    none = policy_for_way(base, "none")
+    assert none.max_batch_size == 1 and none.max_wait_s == 0.02
+    with pytest.raises(ValueError, match="unknown way"):
+        policy_for_way(base, "fastest")

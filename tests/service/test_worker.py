@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from service.worker import ModelWorker, resolve_device, resolve_dtype
+from model.compiled import compile_supported
+from model.decoding import greedy_decode_batch
+from model.train.data.espeak import Voice, synthesize
+from service.settings import DEFAULT_BUNDLE
+from service.worker import ModelWorker, resolve_compile, resolve_device, resolve_dtype
 
 
 def test_mixed_padded_batch_matches_each_sample_alone(tiny_bundle: Path) -> None:
@@ -37,3 +42,41 @@ def test_device_and_dtype_resolution() -> None:
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_compile("off", torch.device("cpu")) is False
+    assert resolve_compile("auto", torch.device("cuda")) is False
+    assert resolve_compile("auto", torch.device("cpu")) is compile_supported()
+
+
+# Sentences written for this test, spoken by espeak-ng (as the default model's test split is).
+SPOKEN = {
+    "en": "my brother reads a long book every evening",
+    "de": "meine schwester kauft heute frisches brot",
+    "es": "mi hermano lee un libro muy largo cada noche",
+    "ru": "мой брат читает длинную книгу каждый вечер",
+    "fr": "mon frère lit un long livre chaque soir",
+}
+
+
+@pytest.mark.skipif(not compile_supported(), reason="inductor needs a C++ compiler")
+def test_compiled_forward_gives_the_eager_transcripts_on_the_default_bundle() -> None:
+    torch.set_num_threads(1)
+    worker = ModelWorker.load(DEFAULT_BUNDLE, "cpu", "fp32", weight_cache_mb=256, compile="on")
+    assert worker.compiled is not None
+    worker.warm_up(0.2)
+    langs = list(SPOKEN)
+    waves = [synthesize(SPOKEN[lang], Voice(lang)) for lang in langs]
+    compiled = worker.run_asr(waves, langs)  # one mixed batch, padded to the longest
+    worker.compiled, forward = None, worker.compiled
+    eager = worker.run_asr(waves, langs)
+    worker.compiled = forward
+    vocab = worker.bundle.vocab
+    texts = []
+    for lang, a, b in zip(langs, compiled, eager, strict=True):
+        np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-4)
+        text_a, text_b = (
+            greedy_decode_batch(torch.from_numpy(x.logits)[None], [len(x.logits)], [lang], vocab)
+            for x in (a, b)
+        )
+        assert text_a[0].text == text_b[0].text
+        texts.append(text_a[0].text)
+    assert sum(len(t) for t in texts) > 0.5 * sum(len(s) for s in SPOKEN.values()), texts
