@@ -78,14 +78,29 @@ class BatchPolicy:
 WAYS = ("mixed", "language", "none")
 
 
-def fastest_way(seconds: Mapping[str, float], tolerance: float = 0.02) -> str:
-    """The way (of :data:`WAYS`) that ran the same work fastest; a way within
-    ``tolerance`` of the fastest and earlier in :data:`WAYS` wins (timings are noisy)."""
+def fastest_way(
+    seconds: Mapping[str, float], tolerance: float = 0.02, min_batching_gain: float = 1.5
+) -> str:
+    """The way (of :data:`WAYS`) to serve with, from the seconds each took on the same work.
+
+    Batching (mixed or language) is chosen only when the faster of the two ran the work at
+    least ``min_batching_gain`` times faster than one item at a time (``none``): in a server
+    a batch costs what an in-process timing does not see (every request waits for its whole
+    batch, results come back in bursts that leave the model idle until clients return, and
+    HTTP and decoding share the cores). On the 2-core CPU an in-process gain of 1.22x still
+    lost 1.5-1.8x in the server, while a GPU gains several times (docs/benchmarks.md).
+    Between mixed and language the faster wins; within ``tolerance`` of it, mixed.
+    """
     timed = {way: seconds[way] for way in WAYS if way in seconds}
     if not timed:
         raise ValueError("no timings of mixed, language or none")
-    best = min(timed.values())
-    return next(way for way in timed if timed[way] <= best * (1 + tolerance))
+    batched = {way: t for way, t in timed.items() if way != "none"}
+    if "none" in timed and (
+        not batched or timed["none"] < min(batched.values()) * min_batching_gain
+    ):
+        return "none"
+    best = min(batched.values())
+    return next(way for way in batched if batched[way] <= best * (1 + tolerance))
 
 
 def policy_for_way(policy: BatchPolicy, way: str) -> BatchPolicy:

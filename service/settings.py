@@ -49,8 +49,9 @@ class Settings(BaseSettings):
 
     # Dynamic batching: "mixed" batches any languages, "language" only one per batch;
     # max_batch_size=1 disables batching. "auto": whichever of mixed, language and no
-    # batching ran the same clips fastest at warm-up on this machine (without warm-up:
-    # mixed on CUDA, language on the CPU); /health/ready says which.
+    # batching ran the same clips fastest at warm-up on this machine, batching only where
+    # it clearly pays (without warm-up: mixed on CUDA, none on the CPU); /health/ready
+    # says which (service.batcher.fastest_way, docs/architecture.md).
     batch_mode: BatchMode = "auto"
     # In mixed batches prefer the languages with the most pending items (fewer, larger
     # language groups per batch); false = plain first-come order among similar lengths.
