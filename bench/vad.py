@@ -23,7 +23,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from service.vad import SAMPLE_RATE, SileroVad, plan_pieces
+from model.config import FRAME_STRIDE, SAMPLE_RATE
+from service.vad import SileroVad, plan_pieces
 
 SENTENCES = (
     ("en", "the quick brown fox jumps over the lazy dog near the river bank"),
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         "batched_s_per_min": median_s(lambda: vad.speech_probabilities(audio), args.repeats)
         / minutes,
         "plan_s_per_min": median_s(
-            lambda: plan_pieces(len(audio), vad.silences(audio), window, 2 * SAMPLE_RATE),
+            lambda: plan_pieces(
+                len(audio), vad.silences(audio), window, 2 * SAMPLE_RATE, FRAME_STRIDE
+            ),
             args.repeats,
         )
         / minutes,
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         one_pass = vad.model.audio_forward(whole, SAMPLE_RATE)[0].numpy()
     batched = vad.speech_probabilities(audio)
     figures["frames_differing"] = float(np.mean((one_pass >= 0.5) != (batched >= 0.5)))
-    pieces = plan_pieces(len(audio), vad.silences(audio), window, 2 * SAMPLE_RATE)
+    pieces = plan_pieces(len(audio), vad.silences(audio), window, 2 * SAMPLE_RATE, FRAME_STRIDE)
     print(f"{minutes:.2f} min of speech, {args.threads} torch thread(s), {len(pieces)} pieces")
     for name, value in list(figures.items())[:4]:
         print(f"  {name:24s} {value * 1000:8.1f} ms")

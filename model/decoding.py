@@ -3,8 +3,10 @@
 Every language decodes over its own alphabet only: the logits of the shared vocabulary
 ``[B, F, V]`` are sliced to the language's columns (blank first, then its characters,
 ``Vocabulary.language_token_ids``) and renormalised there with a log-softmax. A frame is
-``FRAME_SECONDS`` (20 ms, the stride of every backbone preset) long; a word spans from the
-first frame of its first character to the end of the last frame of its last character.
+``frame_seconds`` long, the model's conv stride over the sample rate (a ``LanguageColumns``
+carries it: the service passes the served bundle's, ``FRAME_SECONDS`` = 20 ms is every
+preset's); a word spans from the first frame of its first character to the end of the last
+frame of its last character.
 
 Both decoders take a batch ``logits [B, F, V]``, ``lengths [B]`` (valid frames) and one
 language per sample, so a mixed-language batch from the service decodes in one call.
@@ -42,10 +44,11 @@ from model.beam_search import (
     build_decoder,
     search,
 )
+from model.config import FRAME_STRIDE, SAMPLE_RATE
 
 __all__ = ["BeamSearchError", "DecodeBudgetExceededError"]
 
-FRAME_SECONDS = 0.02
+FRAME_SECONDS = FRAME_STRIDE / SAMPLE_RATE  # every preset's; a checkpoint may differ
 BLANK_ID = 0
 
 # pyctcdecode logs an INFO/WARNING line per decoder about alphabet style and small unigram
@@ -148,15 +151,18 @@ class LanguageColumns:
     language: str
     ids: tuple[int, ...]
     labels: tuple[str, ...]  # pyctcdecode labels: "" for the blank, " " separates words
+    frame_seconds: float = FRAME_SECONDS  # how long one logit frame is
 
     @classmethod
-    def of(cls, vocab: VocabularyLike, language: str) -> LanguageColumns:
+    def of(
+        cls, vocab: VocabularyLike, language: str, frame_seconds: float = FRAME_SECONDS
+    ) -> LanguageColumns:
         ids = list(vocab.language_token_ids(language))
         if BLANK_ID in ids:
             ids.remove(BLANK_ID)
         ids.insert(0, BLANK_ID)
         labels = ["", *(vocab.tokens[i] for i in ids[1:])]
-        return cls(language, tuple(ids), tuple(labels))
+        return cls(language, tuple(ids), tuple(labels), frame_seconds)
 
 
 def language_log_probs(logits: Tensor, columns: LanguageColumns) -> Tensor:
@@ -192,14 +198,15 @@ class ColumnCache:
     """``LanguageColumns`` per language, computed once (thread-safe: dict writes are atomic
     and recomputing is harmless)."""
 
-    def __init__(self, vocab: VocabularyLike) -> None:
+    def __init__(self, vocab: VocabularyLike, frame_seconds: float = FRAME_SECONDS) -> None:
         self.vocab = vocab
+        self.frame_seconds = frame_seconds
         self._columns: dict[str, LanguageColumns] = {}
 
     def __call__(self, language: str) -> LanguageColumns:
         cols = self._columns.get(language)
         if cols is None:
-            cols = LanguageColumns.of(self.vocab, language)
+            cols = LanguageColumns.of(self.vocab, language, self.frame_seconds)
             self._columns[language] = cols
         return cols
 
@@ -214,6 +221,7 @@ def greedy_path_to_transcript(
     characters are emitted, of the winning frame probability.
     """
     frames = len(best)
+    frame_s = columns.frame_seconds
     words: list[Word] = []
     chars: list[str] = []
     start = end = -1
@@ -222,7 +230,7 @@ def greedy_path_to_transcript(
     def flush() -> None:
         if chars:
             p = math.exp(sum(logps) / len(logps))
-            words.append(Word("".join(chars), start * FRAME_SECONDS, end * FRAME_SECONDS, p))
+            words.append(Word("".join(chars), start * frame_s, end * frame_s, p))
             chars.clear()
             logps.clear()
 
@@ -250,7 +258,7 @@ def greedy_path_to_transcript(
         text=" ".join(w.word for w in words),
         language=columns.language,
         words=words,
-        duration=frames * FRAME_SECONDS,
+        duration=frames * frame_s,
         logprob=float(best_logp.sum()) if frames else 0.0,
     )
 
@@ -338,7 +346,7 @@ class BeamDecoder:
         if frames == 0:
             return _empty(self.columns.language)
         kwargs = _search_kwargs(self.config, log_probs, hotwords, hotword_weight, beam_width)
-        return _transcript(search(self._decoder, **kwargs), self.columns.language, frames)
+        return _transcript(search(self._decoder, **kwargs), self.columns, frames)
 
     def close(self) -> None:
         """Release the LM (pyctcdecode keeps it in a class-level registry)."""
@@ -371,15 +379,14 @@ def _empty(language: str) -> Transcript:
     return Transcript("", language, [], 0.0, 0.0, 0.0)
 
 
-def _transcript(result: SearchResult, language: str, frames: int) -> Transcript:
-    words = [
-        Word(w, s * FRAME_SECONDS, e * FRAME_SECONDS, None) for w, (s, e) in result.word_frames
-    ]
+def _transcript(result: SearchResult, columns: LanguageColumns, frames: int) -> Transcript:
+    frame_s = columns.frame_seconds
+    words = [Word(w, s * frame_s, e * frame_s, None) for w, (s, e) in result.word_frames]
     return Transcript(
         text=result.text,
-        language=language,
+        language=columns.language,
         words=words,
-        duration=frames * FRAME_SECONDS,
+        duration=frames * frame_s,
         logprob=result.acoustic,
         lm_score=result.combined,
     )
@@ -405,9 +412,10 @@ class BeamDecoders:
     vocab: VocabularyLike
     lm_paths: Mapping[str, Path] = field(default_factory=dict)
     config: BeamConfig = field(default_factory=BeamConfig)
+    frame_seconds: float = FRAME_SECONDS
 
     def __post_init__(self) -> None:
-        self.columns = ColumnCache(self.vocab)
+        self.columns = ColumnCache(self.vocab, self.frame_seconds)
         self._decoders: dict[tuple[str, bool], BeamDecoder] = {}
         self._lock = threading.Lock()
         self._building: dict[tuple[str, bool], threading.Lock] = {}
@@ -487,7 +495,7 @@ class BeamDecoders:
                     else:
                         kwargs = _search_kwargs(self.config, one, words, hotword_weight, beam_width)
                         result = self._search_in_child(lang, use_lm, kwargs)
-                        out[i] = _transcript(result, lang, one.shape[0])
+                        out[i] = _transcript(result, columns, one.shape[0])
         return [t for t in out if t is not None]
 
     def _search_in_child(self, language: str, use_lm: bool, kwargs: dict[str, Any]) -> SearchResult:

@@ -1,12 +1,13 @@
 """Long audio: overlapping windows in, one stitched logit sequence out.
 
-An utterance longer than the window is cut into windows of ``window`` samples that
-overlap by ``overlap`` samples; every window starts on a frame boundary (320 samples), so
-frame ``k`` of a window starting at sample ``s`` is frame ``s / 320 + k`` of the whole
-utterance. Each frame of the utterance is taken from exactly one window: the overlap is
-split at its middle, so every kept frame has at least ``overlap / 2`` of context on both
-sides (except at the utterance's ends). Stitching happens on the logits, before CTC
-decoding, so the decoder sees one sequence and word timestamps come out in utterance time.
+An utterance longer than the window is cut into windows of ``window`` samples that overlap
+by ``overlap`` samples; every window starts on a frame boundary (``frame`` samples: the
+served model's conv stride, 320 for every preset), so frame ``k`` of a window starting at
+sample ``s`` is frame ``s / frame + k`` of the whole utterance. Each frame of the utterance
+is taken from exactly one window: the overlap is split at its middle, so every kept frame
+has at least ``overlap / 2`` of context on both sides (except at the utterance's ends).
+Stitching happens on the logits, before CTC decoding, so the decoder sees one sequence and
+word timestamps come out in utterance time.
 """
 
 from __future__ import annotations
@@ -16,25 +17,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FRAME_SAMPLES = 320  # 20 ms at 16 kHz: the frame stride of every lass backbone
-
 
 @dataclass(frozen=True)
 class Chunk:
     """One window of an utterance; frames are utterance (global) frame indices."""
 
     index: int
-    start: int  # first sample, a multiple of FRAME_SAMPLES
+    start: int  # first sample, a multiple of ``frame``
     end: int  # one past the last sample
     keep_start: int  # first global frame this window contributes
     keep_end: int | None  # one past its last global frame; None = to the window's end
+    frame: int  # samples per model frame
 
     @property
     def frame_offset(self) -> int:
-        return self.start // FRAME_SAMPLES
+        return self.start // self.frame
 
 
-def plan_chunks(num_samples: int, window: int, overlap: int) -> list[Chunk]:
+def plan_chunks(num_samples: int, window: int, overlap: int, frame: int) -> list[Chunk]:
     """Windows covering ``num_samples``; a single chunk when the audio fits one window.
 
     The last window is moved back to end exactly at the end of the audio, so no window is
@@ -44,13 +44,13 @@ def plan_chunks(num_samples: int, window: int, overlap: int) -> list[Chunk]:
         raise ValueError("num_samples must be positive")
     if not 0 <= overlap < window:
         raise ValueError("overlap must be in [0, window)")
-    window = max(FRAME_SAMPLES, window - window % FRAME_SAMPLES)
+    window = max(frame, window - window % frame)
     if num_samples <= window:
-        return [Chunk(0, 0, num_samples, 0, None)]
-    stride = max(FRAME_SAMPLES, (window - overlap) // FRAME_SAMPLES * FRAME_SAMPLES)
+        return [Chunk(0, 0, num_samples, 0, None, frame)]
+    stride = max(frame, (window - overlap) // frame * frame)
     starts = list(range(0, num_samples - window, stride))
-    last = (num_samples - window + FRAME_SAMPLES - 1) // FRAME_SAMPLES * FRAME_SAMPLES
-    last = min(last, num_samples - FRAME_SAMPLES)
+    last = (num_samples - window + frame - 1) // frame * frame
+    last = min(last, num_samples - frame)
     if last > starts[-1]:
         starts.append(last)
     chunks: list[Chunk] = []
@@ -59,11 +59,11 @@ def plan_chunks(num_samples: int, window: int, overlap: int) -> list[Chunk]:
         end = min(start + window, num_samples)
         if i + 1 < len(starts):
             # The middle of the overlap with the next window, in global frames.
-            boundary = (starts[i + 1] + end) // 2 // FRAME_SAMPLES
-            chunks.append(Chunk(i, start, end, keep_start, boundary))
+            boundary = (starts[i + 1] + end) // 2 // frame
+            chunks.append(Chunk(i, start, end, keep_start, boundary, frame))
             keep_start = boundary
         else:
-            chunks.append(Chunk(i, start, end, keep_start, None))
+            chunks.append(Chunk(i, start, end, keep_start, None, frame))
     return chunks
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from model.config import SAMPLE_RATE
 from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, greedy_decode_batch
 from model.packs import LanguagePack, check_pack, read_pack
 from model.vocab import ColumnVocabulary
@@ -49,7 +50,6 @@ from service.worker import ModelWorker
 
 log = logging.getLogger("lass.engine")
 
-SAMPLE_RATE = 16_000
 MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s, OpenAI's minimum; the conv encoder needs >= 400
 State = Literal["starting", "loading", "ready", "failed", "stopped"]
 
@@ -356,7 +356,9 @@ class Engine:
         """Decode with ``vocab`` from now on. New decoder objects, not changed ones: a decode
         already running keeps the old ones, which still hold its language."""
         self.vocab = vocab
-        self._columns = ColumnCache(vocab)
+        assert self.worker is not None
+        frame_seconds = self.worker.model.config.frame_stride / SAMPLE_RATE
+        self._columns = ColumnCache(vocab, frame_seconds)
         # The old beam decoders are dropped, not closed (a decode may be using them); their
         # idle child processes end when they are collected.
         self._beams = BeamDecoders(
@@ -365,6 +367,7 @@ class Engine:
             BeamConfig(
                 beam_width=self.settings.beam_width, time_budget_s=self.settings.decode_budget_s
             ),
+            frame_seconds,
         )
         worker = self.worker
         if self.metrics is not None and worker is not None:
@@ -649,13 +652,13 @@ class Engine:
 
     def plan_windows(self, num_samples: int) -> list[Chunk]:
         """Overlapping windows of ``chunk_seconds`` (overlap ``chunk_overlap_seconds``)."""
-        return plan_chunks(num_samples, self._window, self._overlap)
+        return plan_chunks(num_samples, self._window, self._overlap, self.frame_samples)
 
     def plan_at_silences(self, samples: np.ndarray) -> list[Chunk]:
         """Pieces cut at silences (runs silero-vad: call it in the VAD thread)."""
         assert self.splitter is not None
         silences = self.splitter.silences(samples)
-        return plan_pieces(len(samples), silences, self._window, self._overlap)
+        return plan_pieces(len(samples), silences, self._window, self._overlap, self.frame_samples)
 
     # ------------------------------------------------------------ streams
     @property

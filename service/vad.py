@@ -1,19 +1,20 @@
 """Long audio: cut at silences found by silero-vad, in the Chunk/stitch terms of chunking.py.
 
-silero-vad (its TorchScript model ships inside the PyPI wheel; nothing is downloaded) gives a
-speech probability per 512-sample VAD frame (32 ms at 16 kHz). Runs of non-speech frames at
-least ``min_silence_s`` long are silences; a cut goes at the middle of a silence, rounded to
-a 320-sample model frame. :func:`plan_pieces` picks, greedily, the latest cut that keeps a
-piece within the window, so pieces are as long as the window allows.
+silero-vad (its TorchScript model ships inside the PyPI wheel; nothing is downloaded) gives
+a speech probability per 512-sample VAD frame (32 ms at 16 kHz). Runs of non-speech frames
+at least ``min_silence_s`` long are silences; a cut goes at the middle of a silence,
+rounded to a model frame (the served model's conv stride: 320 samples for every preset).
+:func:`plan_pieces` picks, greedily, the latest cut that keeps a piece within the window,
+so pieces are as long as the window allows.
 
 Every sample belongs to the kept span ``[keep_start, keep_end)`` (in model frames) of
 exactly one piece, and kept spans do not overlap. A piece's input runs one model frame
-(20 ms, inside the silence) past its cut: a frame ``k`` needs samples up to
-``320 k + 400`` (the feature encoder's receptive field), so without it the frame just
-before each cut would be missing and timestamps after it would drift by 20 ms per cut.
+(inside the silence) past its cut: a frame ``k`` needs samples up to ``frame * k`` plus the
+feature encoder's receptive field (400 samples for the presets), so without it the frame
+just before each cut would be missing and timestamps after it would drift by 20 ms per cut.
 
-A speech run longer than the window with no silence to cut at falls back to the
-overlapping windows of :func:`service.chunking.plan_chunks` for that stretch only.
+A speech run longer than the window with no silence to cut at falls back to the overlapping
+windows of :func:`service.chunking.plan_chunks` for that stretch only.
 
 Importing ``silero_vad`` calls ``torch.set_num_threads(1)`` (process-wide: it would cripple
 inference). :func:`import_silero` imports it lazily and restores the thread count.
@@ -29,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.chunking import FRAME_SAMPLES, Chunk, plan_chunks
+from model.config import SAMPLE_RATE
+from service.chunking import Chunk, plan_chunks
 
 log = logging.getLogger("lass.vad")
 
-SAMPLE_RATE = 16_000
 VAD_FRAME = 512  # silero-vad's frame at 16 kHz
 # Batched VAD: the audio is cut into rows of ROW_SAMPLES, each run from a fresh model state
 # after WARMUP_SAMPLES of the audio before it (whose probabilities are dropped). Rows run
@@ -157,6 +158,7 @@ def plan_pieces(
     silences: Sequence[tuple[int, int]],
     window: int,
     overlap: int,
+    frame: int,
 ) -> list[Chunk]:
     """Pieces of at most ``window`` samples cut at the middle of ``silences``.
 
@@ -169,42 +171,38 @@ def plan_pieces(
         raise ValueError("num_samples must be positive")
     if not 0 <= overlap < window:
         raise ValueError("overlap must be in [0, window)")
-    window = max(2 * FRAME_SAMPLES, window - window % FRAME_SAMPLES)
+    window = max(2 * frame, window - window % frame)
     if num_samples <= window:
-        return [Chunk(0, 0, num_samples, 0, None)]
+        return [Chunk(0, 0, num_samples, 0, None, frame)]
     cuts = sorted(
-        {
-            c
-            for s, e in silences
-            if 0 < (c := (s + e) // 2 // FRAME_SAMPLES * FRAME_SAMPLES) < num_samples
-        }
+        {c for s, e in silences if 0 < (c := (s + e) // 2 // frame * frame) < num_samples}
     )
     spans: list[tuple[int, int, int, int | None]] = []  # start, end, keep_start, keep_end
     pos = 0
     while num_samples - pos > window:
         # The piece [pos, cut + FRAME) must fit the window.
-        fitting = [c for c in cuts if pos + MIN_PIECE_SAMPLES <= c <= pos + window - FRAME_SAMPLES]
+        fitting = [c for c in cuts if pos + MIN_PIECE_SAMPLES <= c <= pos + window - frame]
         if fitting:
             cut = fitting[-1]
-            spans.append((pos, cut + FRAME_SAMPLES, pos // FRAME_SAMPLES, cut // FRAME_SAMPLES))
+            spans.append((pos, cut + frame, pos // frame, cut // frame))
             pos = cut
             continue
         # No silence within reach: overlapping windows up to the next cut (or the end).
-        later = [c for c in cuts if c > pos + window - FRAME_SAMPLES]
+        later = [c for c in cuts if c > pos + window - frame]
         stop = later[0] if later else num_samples
-        end = min(stop + FRAME_SAMPLES, num_samples)
-        windows = plan_chunks(end - pos, window, overlap)
-        offset = pos // FRAME_SAMPLES
+        end = min(stop + frame, num_samples)
+        windows = plan_chunks(end - pos, window, overlap, frame)
+        offset = pos // frame
         for i, w in enumerate(windows):
             last = i == len(windows) - 1
             keep_end = w.keep_end + offset if w.keep_end is not None else None
             if last and stop < num_samples:
-                keep_end = stop // FRAME_SAMPLES
+                keep_end = stop // frame
             spans.append((w.start + pos, w.end + pos, w.keep_start + offset, keep_end))
         pos = stop
     if pos < num_samples:
-        spans.append((pos, num_samples, pos // FRAME_SAMPLES, None))
-    return [Chunk(i, *span) for i, span in enumerate(spans)]
+        spans.append((pos, num_samples, pos // frame, None))
+    return [Chunk(i, *span, frame) for i, span in enumerate(spans)]
 
 
 def load_vad() -> SileroVad | None:

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-SAMPLE_RATE = 16_000
+from model.config import SAMPLE_RATE
+
 VAD_FRAME = 512  # silero-vad's frame at 16 kHz
 
 

@@ -38,6 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
+from model.config import SAMPLE_RATE
 from model.decoding import Transcript, Word
 from service.engine import DecodeOptions, TranscriptionResult
 from service.streaming.endpointer import VAD_FRAME, EndpointConfig, Endpointer
@@ -45,7 +46,6 @@ from service.streaming.endpointer import SpeechStarted as _VadStarted
 
 log = logging.getLogger("lass.stream")
 
-SAMPLE_RATE = 16_000
 VAD_WARMUP = 16 * VAD_FRAME  # 0.512 s of audio before each VAD block, as in service/vad.py
 
 

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from service.chunking import FRAME_SAMPLES, plan_chunks, stitch
+from model.config import FRAME_STRIDE as FRAME_SAMPLES
+from service.chunking import plan_chunks, stitch
 
 SR = 16_000
 
@@ -18,7 +19,7 @@ def conv_frames(num_samples: int) -> int:
 
 
 def test_short_audio_is_one_chunk() -> None:
-    chunks = plan_chunks(5 * SR, 30 * SR, 2 * SR)
+    chunks = plan_chunks(5 * SR, 30 * SR, 2 * SR, FRAME_SAMPLES)
     assert len(chunks) == 1
     assert (chunks[0].start, chunks[0].end) == (0, 5 * SR)
 
@@ -27,7 +28,7 @@ def test_short_audio_is_one_chunk() -> None:
 def test_windows_cover_the_audio_and_stitch_to_global_frames(seconds: float) -> None:
     n = int(seconds * SR)
     window, overlap = 30 * SR, 2 * SR
-    chunks = plan_chunks(n, window, overlap)
+    chunks = plan_chunks(n, window, overlap, FRAME_SAMPLES)
     assert chunks[0].start == 0 and chunks[-1].end == n
     for a, b in itertools.pairwise(chunks):
         assert b.start % FRAME_SAMPLES == 0
@@ -52,6 +53,6 @@ def test_windows_cover_the_audio_and_stitch_to_global_frames(seconds: float) -> 
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
-        plan_chunks(0, 30 * SR, 0)
+        plan_chunks(0, 30 * SR, 0, FRAME_SAMPLES)
     with pytest.raises(ValueError):
-        plan_chunks(SR, 30 * SR, 30 * SR)
+        plan_chunks(SR, 30 * SR, 30 * SR, FRAME_SAMPLES)

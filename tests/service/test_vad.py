@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.chunking import FRAME_SAMPLES, Chunk, stitch
+from model.config import FRAME_STRIDE as FRAME_SAMPLES
+from service.chunking import Chunk, stitch
 from service.engine import Engine
 from service.settings import Settings
 from service.vad import SileroVad, load_vad, plan_pieces
@@ -53,7 +54,7 @@ def cuts(chunks: Sequence[Chunk]) -> list[int]:
 def test_pieces_cut_at_the_middle_of_silences() -> None:
     n, window = 70 * SR, 30 * SR
     silences = [(9 * SR, 10 * SR), (25 * SR, 26 * SR), (40 * SR, 41 * SR), (52 * SR, 54 * SR)]
-    chunks = plan_pieces(n, silences, window, 2 * SR)
+    chunks = plan_pieces(n, silences, window, 2 * SR, FRAME_SAMPLES)
     check_plan(chunks, n, window)
     # Greedy: the latest silence that keeps a piece within 30 s.
     assert cuts(chunks) == [int(25.5 * SR), 53 * SR]
@@ -64,7 +65,9 @@ def test_pieces_cut_at_the_middle_of_silences() -> None:
 
 
 def test_short_audio_is_one_piece() -> None:
-    assert plan_pieces(5 * SR, [(SR, 2 * SR)], 30 * SR, 2 * SR) == [Chunk(0, 0, 5 * SR, 0, None)]
+    assert plan_pieces(5 * SR, [(SR, 2 * SR)], 30 * SR, 2 * SR, 320) == [
+        Chunk(0, 0, 5 * SR, 0, None, 320)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -79,7 +82,7 @@ def test_speech_longer_than_the_window_falls_back_to_overlapping_windows(
     silences: list[tuple[int, int]],
 ) -> None:
     n, window = 100 * SR + 123, 30 * SR
-    chunks = plan_pieces(n, silences, window, 2 * SR)
+    chunks = plan_pieces(n, silences, window, 2 * SR, FRAME_SAMPLES)
     check_plan(chunks, n, window)
     # Overlap (beyond the one frame past a cut) only where no silence was in reach.
     overlapping = [b.start for a, b in itertools.pairwise(chunks) if a.end - b.start > 320]
@@ -118,7 +121,7 @@ def test_real_speech_is_cut_inside_the_silences(
     audio, regions = long_speech(speech, [0.6, 1.1, 0.8])
     window = 5 * SR
     assert len(audio) > 3 * window
-    chunks = plan_pieces(len(audio), vad.silences(audio), window, SR)
+    chunks = plan_pieces(len(audio), vad.silences(audio), window, SR, FRAME_SAMPLES)
     check_plan(chunks, len(audio), window)
     assert len(chunks) >= 4
     gaps = [(a[1], b[0]) for a, b in itertools.pairwise(regions)]
