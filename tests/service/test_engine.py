@@ -26,6 +26,7 @@ def test_engine_paths(tiny_bundle: Path) -> None:
             max_wait_ms=1000,
             request_timeout_s=0.2,
             warmup=False,
+            batch_mode="mixed",  # batches wait for mates: what the deadline check needs
         )
         engine = Engine(settings)
         await engine.start()
