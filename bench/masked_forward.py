@@ -2,8 +2,12 @@
 
 Also ``lass bench masked-forward``. Times, interleaved so that a noisy machine hurts every
 mode alike: the dense model, the masked model building ``W ⊙ M`` on the fly, and the
-masked model with the LRU cache of materialized weights. Then the resident memory of the
-packed masks for 1, 10 and 100 languages. Prints a table and, last, one JSON line.
+masked model with the LRU cache of materialized weights, and with ``--compiled`` the cached
+masked model with the compiled conv feature encoder (model/compiled.py, as the server runs
+it on the CPU). ``--cpu-time`` times the calling thread's CPU seconds instead of wall time
+(with ``--threads 1`` that is all the work): on a machine shared with other jobs it moves far
+less than wall time. Then the resident memory of the packed masks for 1, 10 and 100
+languages. Prints a table and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument(
         "--memory-languages", default="1,10,100", help="language counts for the memory table"
+    )
+    p.add_argument(
+        "--compiled", action="store_true", help="also time the compiled conv feature encoder"
+    )
+    p.add_argument(
+        "--cpu-time", action="store_true", help="thread CPU seconds, not wall (use --threads 1)"
     )
     p.add_argument("--quick", action="store_true", help="tiny config, 2 repeats, short clips")
     args = p.parse_args(argv)
@@ -127,18 +137,36 @@ def _run(args: argparse.Namespace) -> int:
         "masked, on the fly": on_the_fly,
         "masked, cached": cached,
     }
+    lengths = torch.full((args.batch,), samples, device=device)
+    if args.compiled:
+        from model.compiled import CompiledFeatures
+
+        features = CompiledFeatures(model)
+
+        def compiled() -> None:
+            if "cache" not in cache_holder:
+                cache_holder["cache"] = model.set_weight_cache(cache_budget)
+            model._route.cache = cache_holder["cache"]
+            features.forward(waves, lengths, lang_ids)
+
+        modes["cached, compiled conv"] = compiled
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in modes}
     with torch.inference_mode():
-        for fn in modes.values():  # warm-up (and fills the cache)
+        compile_s = 0.0
+        for name, fn in modes.items():  # warm-up (fills the cache, compiles)
+            start = time.perf_counter()
             fn()
             sync()
+            if name == "cached, compiled conv":
+                compile_s = time.perf_counter() - start
         for _ in range(args.repeats):
             for name, fn in modes.items():
                 sync()
-                start = time.perf_counter()
+                start = clock()
                 fn()
                 sync()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     model.set_weight_cache(None)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     audio_s = args.batch * args.seconds
@@ -147,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         f"config={args.config} device={device} dtype={args.dtype} batch={args.batch}x"
         f"{args.seconds:g}s languages={args.languages} density={args.density} "
         f"threads={torch.get_num_threads()} repeats={args.repeats} "
+        f"clock={'thread CPU time' if args.cpu_time else 'wall'} "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
     )
     print(
@@ -190,6 +219,12 @@ def _run(args: argparse.Namespace) -> int:
         "bytes_per_language": bpl,
         "memory": memory,
     }
+    if args.compiled:
+        result["compiled_s"] = round(medians["cached, compiled conv"], 4)
+        result["compiled_vs_cached"] = round(
+            medians["masked, cached"] / medians["cached, compiled conv"], 3
+        )
+        result["first_compiled_call_s"] = round(compile_s, 1)
     print(json.dumps(result))
     return 0
 

@@ -36,8 +36,9 @@ class Settings(BaseSettings):
     # batch then rebuilds them from the bit-packed masks).
     weight_cache_mb: Annotated[int, Field(ge=0)] = 4096
     # torch.compile the conv feature encoder (model/compiled.py): "auto" = on for the CPU
-    # when a C++ compiler is present (compiled during warm-up, before readiness), off on
-    # CUDA. The transformer stays eager (compiling it did not pay: docs/benchmarks.md).
+    # when a C++ compiler is present and the extractor is the layer-norm one (tiny, XLS-R;
+    # compiled during warm-up, before readiness), off on CUDA and for base's group norm.
+    # The transformer stays eager (compiling it did not pay: docs/benchmarks.md).
     compile: Literal["auto", "on", "off"] = "auto"
 
     # Languages added at run time (POST /v1/languages, docs/api.md): each verified pack is

@@ -45,17 +45,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def resolve_compile(name: Literal["auto", "on", "off"], device: torch.device) -> bool:
-    """``auto`` -> compile the conv feature encoder on the CPU (where it pays:
-    docs/benchmarks.md) when a C++ compiler is present; ``on`` insists (an error without
-    a compiler)."""
+def resolve_compile(
+    name: Literal["auto", "on", "off"], device: torch.device, extractor_mode: str = "layer_norm"
+) -> bool:
+    """Whether to compile the conv feature encoder. ``auto``: on the CPU, with a C++
+    compiler, for the layer-norm extractor (``tiny``, XLS-R: 1.4x less CPU per forward);
+    not for the group-norm one (``base``: its first layer runs eagerly over the whole
+    clip and the compiled path cost 1.25x more, docs/benchmarks.md). ``on`` insists (an
+    error without a compiler)."""
     if name == "off":
         return False
     if name == "on":
         if not compile_supported():
             raise RuntimeError("LASS_COMPILE=on but no C++ compiler (c++, g++, clang++) is found")
         return True
-    return device.type == "cpu" and compile_supported()
+    return device.type == "cpu" and extractor_mode == "layer_norm" and compile_supported()
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class ModelWorker:
         start = time.perf_counter()
         bundle = read_bundle(path, device=dev, dtype=dt)
         bundle.model.set_weight_cache(weight_cache_mb * 2**20 if weight_cache_mb else None)
-        compiled = resolve_compile(compile, dev)
+        compiled = resolve_compile(compile, dev, bundle.model.config.extractor_mode)
         log.info(
             "loaded bundle %s (%d languages) on %s/%s in %.1f s; forward %s",
             path,

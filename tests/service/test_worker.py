@@ -45,6 +45,7 @@ def test_device_and_dtype_resolution() -> None:
     assert resolve_compile("off", torch.device("cpu")) is False
     assert resolve_compile("auto", torch.device("cuda")) is False
     assert resolve_compile("auto", torch.device("cpu")) is compile_supported()
+    assert resolve_compile("auto", torch.device("cpu"), "group_norm") is False
 
 
 # Sentences written for this test, spoken by espeak-ng (as the default model's test split is).
