@@ -73,7 +73,15 @@ def start_server(
     """Start ``lass serve`` in a subprocess and wait until ``ready_path`` answers 200."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
-    full_env = {**os.environ, "LASS_HOST": "127.0.0.1", "LASS_PORT": str(port), **(env or {})}
+    # The eager forward unless a test asks: compiling at warm-up (LASS_COMPILE=auto on the
+    # CPU) costs start-up time that every test server would pay.
+    full_env = {
+        **os.environ,
+        "LASS_COMPILE": "off",
+        "LASS_HOST": "127.0.0.1",
+        "LASS_PORT": str(port),
+        **(env or {}),
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "lass", "serve"],

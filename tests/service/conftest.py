@@ -65,6 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Itera
     srv = serve(
         tmp_path_factory.mktemp("server"),
         tiny_bundle,
+        LASS_BATCH_MODE="mixed",
         LASS_MAX_WAIT_MS="300",
         LASS_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
         LASS_MAX_AUDIO_SECONDS=str(MAX_SECONDS),

@@ -81,6 +81,7 @@ def test_queue_full_then_sigterm_finishes_the_request_in_flight(
     server = serve(
         tmp_path,
         tiny_bundle,
+        LASS_BATCH_MODE="mixed",  # the first request waits in the queue for batch-mates
         LASS_MAX_WAIT_MS="2000",
         LASS_MAX_QUEUE_SIZE="1",
         LASS_RETRY_AFTER_S="3",
