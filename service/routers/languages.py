@@ -75,7 +75,20 @@ def _not_ready(ctx: AppContext) -> ApiError:
     )
 
 
-@router.post("/v1/languages", status_code=201, dependencies=[Depends(require_admin)])
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error answers (OpenAI's error shape)."""
+    return {
+        s: {"description": "error in OpenAI's shape: {error: {message, type, param, code}}"}
+        for s in statuses
+    }
+
+
+@router.post(
+    "/v1/languages",
+    status_code=201,
+    dependencies=[Depends(require_admin)],
+    responses=_errors(401, 403, 409, 413, 415, 422, 503),
+)
 async def add_language(request: Request, ctx: AppContext = Depends(get_context)) -> JSONResponse:
     """Add a language from an uploaded pack (multipart field ``file``: a tar of the pack
     folder). 201 with the language; 413 too large; 422 malformed; 409 trained on other
@@ -119,7 +132,11 @@ async def add_language(request: Request, ctx: AppContext = Depends(get_context))
     return JSONResponse(language_entry(engine, pack.language), status_code=201)
 
 
-@router.delete("/v1/languages/{code}", dependencies=[Depends(require_admin)])
+@router.delete(
+    "/v1/languages/{code}",
+    dependencies=[Depends(require_admin)],
+    responses=_errors(401, 403, 404, 409, 503),
+)
 async def remove_language(code: str, ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
     """Stop serving ``code`` once its requests in flight finish; 404 not served, 409 the last
     language. An added language's pack is deleted from ``LASS_PACKS_DIR``; a bundle language
