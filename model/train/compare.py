@@ -339,7 +339,9 @@ def run_compare(
     # Imported now, not at the first evaluation: every run of this call then decodes with
     # the code as it was when the call started, even if the checkout changes meanwhile.
     import model.train.evaluate  # noqa: F401
+    from model.train.export import git_version
 
+    code = git_version()  # the checkout as this call loaded it (HEAD may move while it runs)
     work = Path(work_dir) if work_dir is not None else cfg.resolve(cfg.work_dir)
     groups = resource_groups(cfg, ccfg)
     runs, ablation = plan_runs(cfg, ccfg, groups)
@@ -401,7 +403,7 @@ def run_compare(
             eta.advance(units, f"{name}: {stage} done")
 
         timing = _run_stages(ctx, RUN_STAGES, after)
-        result = run_result(ctx, spec, timing)
+        result = run_result(ctx, spec, timing, code)
         atomic_write_text(folder / RESULT, json.dumps(result, indent=1))
         report.write()
         shared.echo(f"compare: {spec.name} finished ({i}/{len(runs)})")
@@ -409,11 +411,12 @@ def run_compare(
 
 
 # ------------------------------------------------------------------ one run's result
-def run_result(ctx: Context, spec: RunSpec, timing: Mapping[str, float]) -> dict[str, Any]:
+def run_result(
+    ctx: Context, spec: RunSpec, timing: Mapping[str, float], code: Mapping[str, Any]
+) -> dict[str, Any]:
     """What the report needs from a finished run (the evaluation without its utterances),
-    and the commit of the code that ran it (``dirty``: with uncommitted changes)."""
-    from model.train.export import git_version
-
+    and ``code``: the commit the call that ran it started from (``dirty``: with uncommitted
+    changes)."""
     evaluation = json.loads((ctx.work_dir / "evaluate" / "report.json").read_text("utf-8"))
     evaluation.pop("utterances", None)
     out: dict[str, Any] = {
@@ -422,7 +425,7 @@ def run_result(ctx: Context, spec: RunSpec, timing: Mapping[str, float]) -> dict
         "seed": spec.seed,
         "low_sparsity": spec.low_sparsity,
         "timing": dict(timing),
-        "code": git_version(),
+        "code": dict(code),
         "evaluation": evaluation,
         "parameters": parameter_counts(ctx),
     }
