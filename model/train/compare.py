@@ -221,12 +221,21 @@ def _comparable(cfg: PipelineConfig) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
-def _check_same_config(folder: Path, cfg: PipelineConfig) -> None:
-    """A run folder started under another config would mix two experiments: refuse."""
+# What the shared stages (corpus, pre-training, LMs) depend on: a comparison whose later
+# stages change (a longer fine-tuning, say) can start from the same shared folder.
+SHARED_KEYS = ("device", "model", "data", "pretrain", "lm")
+
+
+def _check_same_config(folder: Path, cfg: PipelineConfig, keys: tuple[str, ...] = ()) -> None:
+    """A run folder started under another config would mix two experiments: refuse.
+    ``keys``: compare only these tables (the shared folder's), else everything."""
     path = folder / "config.json"
     wanted = _comparable(cfg)
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
+        if keys:
+            saved = {k: saved.get(k) for k in keys}
+            wanted = {k: wanted.get(k) for k in keys}
         if saved != wanted:
             changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             raise StageError(
@@ -347,7 +356,7 @@ def run_compare(
     runs, ablation = plan_runs(cfg, ccfg, groups)
     shared_cfg = shared_config(cfg)
     shared = Context.create(shared_cfg, work / "shared", quiet=quiet)
-    _check_same_config(shared.work_dir, shared_cfg)
+    _check_same_config(shared.work_dir, shared_cfg, SHARED_KEYS)
     # The corpus first: the languages and the evaluation audio size the rest.
     _run_stages(shared, ["corpus"])
     languages = shared.languages()

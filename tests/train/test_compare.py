@@ -23,6 +23,7 @@ from model.train.compare import (
     served,
     spread,
 )
+from tests.conftest import REPO
 from tests.train.stage_helpers import MICRO_MODEL, MICRO_STAGES, micro_corpus  # noqa: F401
 
 COMPARE = """
@@ -189,3 +190,23 @@ def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> N
     changed = runner.invoke(app, [*base, "--set", "finetune.steps=4"])
     assert changed.exit_code == 2
     assert "another config" in changed.stderr
+
+
+def test_a_new_fine_tuning_budget_reuses_the_shared_folder(tmp_path: Path) -> None:
+    """The shared stages depend on the model, data, pre-training and LMs only."""
+    import copy
+
+    from model.train.compare import SHARED_KEYS, _check_same_config, load_compare_config
+    from model.train.context import StageError
+
+    cfg, _ = load_compare_config(REPO / "configs" / "compare.toml")
+    _check_same_config(tmp_path, cfg, SHARED_KEYS)  # writes config.json
+    longer = copy.deepcopy(cfg)
+    longer.finetune.steps += 1000
+    _check_same_config(tmp_path, longer, SHARED_KEYS)
+    with pytest.raises(StageError, match="finetune"):
+        _check_same_config(tmp_path, longer)  # a run folder compares everything
+    other = copy.deepcopy(cfg)
+    other.pretrain.steps += 1
+    with pytest.raises(StageError, match="pretrain"):
+        _check_same_config(tmp_path, other, SHARED_KEYS)
