@@ -52,8 +52,8 @@ from model.train.config import (
     LoopConfig,
     OptimConfig,
     PipelineConfig,
-    _read_tables,
     from_dict,
+    read_config_tables,
 )
 from model.train.context import Context, StageError
 from model.train.export import git_version
@@ -90,15 +90,8 @@ def load_add_language_config(
 ) -> tuple[PipelineConfig, AddLanguageConfig]:
     """A pipeline config (its ``[data]``, ``[lm]``, ``[evaluate]``, ``device`` ...) with an
     optional ``[add_language]`` table; dotted ``overrides`` reach both."""
-    data = _read_tables(path)
-    for dotted, value in (overrides or {}).items():
-        table = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            table = table.setdefault(key, {})
-        table[leaf] = value
+    data = read_config_tables(path, overrides)
     table = data.pop("add_language", {})
-    data["source"] = str(Path(path).resolve())
     try:
         cfg = from_dict(PipelineConfig, data)
         acfg = from_dict(AddLanguageConfig, table, "add_language")

@@ -46,8 +46,8 @@ from model.train.config import (
     STAGES,
     ConfigError,
     PipelineConfig,
-    _read_tables,
     from_dict,
+    read_config_tables,
 )
 from model.train.context import Context, StageError
 from model.train.progress import progress_bar
@@ -102,15 +102,8 @@ def load_compare_config(
 ) -> tuple[PipelineConfig, CompareConfig]:
     """A pipeline config with a ``[compare]`` table (TOML or YAML); ``overrides`` are dotted
     keys as for ``load_config`` (``compare.seeds=[0]`` reaches the compare table)."""
-    data = _read_tables(path)
-    for dotted, value in (overrides or {}).items():
-        table = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            table = table.setdefault(key, {})
-        table[leaf] = value
+    data = read_config_tables(path, overrides)
     compare = data.pop("compare", {})
-    data["source"] = str(Path(path).resolve())
     try:
         return from_dict(PipelineConfig, data), from_dict(CompareConfig, compare, "compare")
     except ConfigError as exc:

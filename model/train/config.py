@@ -13,6 +13,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -301,9 +302,10 @@ def _read_tables(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a pipeline config (TOML or YAML); ``overrides`` are dotted keys, e.g.
-    {"finetune.steps": 5}."""
+def read_config_tables(path: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A config file's tables (TOML or YAML) with dotted ``overrides`` applied, e.g.
+    {"finetune.steps": 5}; commands with tables of their own (``[compare]``,
+    ``[add_language]``) pop them before building the :class:`PipelineConfig`."""
     data = _read_tables(path)
     for dotted, value in (overrides or {}).items():
         table = data
@@ -312,6 +314,13 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Pipeline
             table = table.setdefault(key, {})
         table[leaf] = value
     data["source"] = str(Path(path).resolve())
+    return data
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline config (TOML or YAML); ``overrides`` are dotted keys, e.g.
+    {"finetune.steps": 5}."""
+    data = read_config_tables(path, overrides)
     try:
         return from_dict(PipelineConfig, data)
     except ConfigError as exc:
