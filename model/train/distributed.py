@@ -107,10 +107,10 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo, wait: bool = True) -> None:
     """Leave the process group once every rank got here.
 
-    Without the barrier a rank that finished first (rank 1, while rank 0 still writes the
-    stage's artifact) tore gloo down under its peer: the process aborted with "terminate
-    called without an active exception" (a CI failure). ``wait=False`` after an error:
-    the other ranks may never reach the barrier.
+    Without the barrier a rank that finishes first (rank 1, while rank 0 still writes the
+    stage's artifact) tears gloo down under its peer, which aborts with "terminate called
+    without an active exception". ``wait=False`` after an error: the other ranks may never
+    reach the barrier.
     """
     if info.enabled and dist.is_initialized():
         if wait:
