@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from model.atomic import atomic_directory, fsync_path
 from model.config import BackboneConfig, check_lid_input
 from model.masks import LanguageMasks
 from model.network import LassModel
@@ -73,14 +72,6 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     for name, d in _DTYPES.items():
         if d == dtype:
@@ -122,9 +113,7 @@ def write_bundle(
         if lang not in languages:
             raise ValueError(f"language model for unknown language {lang!r}")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         state = {
             k: (
                 v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()
@@ -143,7 +132,7 @@ def write_bundle(
             lm_rel[lang] = rel
         files = [BACKBONE, MASKS, *lm_rel.values()]
         for rel in files:
-            _fsync(tmp / rel)
+            fsync_path(tmp / rel)
         stats = masks.stats()
         manifest: dict[str, Any] = {
             "format": "lass-bundle",
@@ -179,18 +168,7 @@ def write_bundle(
             "metrics": dict(metrics or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        _fsync(tmp / MANIFEST)
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old / "bundle")
-        os.rename(tmp, out_dir)
-        _fsync(out_dir.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fsync_path(tmp / MANIFEST)
     return out_dir
 
 

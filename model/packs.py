@@ -34,11 +34,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from model.atomic import atomic_directory, fsync_path
 from model.bundle import BACKBONE
 from model.network import LassModel
 from model.vocab import ColumnVocabulary
@@ -140,14 +139,6 @@ def backbone_binding(bundle_manifest: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_pack(
     out_dir: Path,
     *,
@@ -175,9 +166,7 @@ def write_pack(
         raise ValueError(f"rows_bias {tuple(rows_bias.shape)} for {len(new_tokens)} tokens")
     if mask.dtype != torch.uint8 or mask.dim() != 1:
         raise ValueError("mask must be the packed uint8 buffer of one language")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         tensors = {
             MASK_KEY: mask.detach().cpu().contiguous(),
             ROWS_WEIGHT: rows_weight.detach().to("cpu", torch.float32).contiguous(),
@@ -193,7 +182,7 @@ def write_pack(
             shutil.copyfile(lm_file, tmp / lm_rel)
             files.append(lm_rel)
         for rel in files:
-            _fsync(tmp / rel)
+            fsync_path(tmp / rel)
         manifest = {
             "format": PACK_FORMAT,
             "format_version": PACK_FORMAT_VERSION,
@@ -212,18 +201,7 @@ def write_pack(
             "metrics": dict(metrics or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        _fsync(tmp / MANIFEST)
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old / "pack")
-        os.rename(tmp, out_dir)
-        _fsync(out_dir.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fsync_path(tmp / MANIFEST)
     return out_dir
 
 
