@@ -458,7 +458,7 @@ class StreamSession:
 
     def _trim(self) -> None:
         """Keep the open utterance and the VAD warm-up and prefix padding before it."""
-        keep_before = max(VAD_WARMUP, int(self.options.endpoint.prefix_padding_ms * 16))
+        keep_before = max(VAD_WARMUP, self.options.endpoint.prefix_padding_ms * SAMPLE_RATE // 1000)
         floor = self._vad_pos - keep_before if self.options.vad else self._manual_start
         if self._utt is not None:
             floor = min(floor, self._utt.start)
