@@ -29,9 +29,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import pydantic.dataclasses
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -48,12 +50,14 @@ from model.packs import (
     write_pack,
 )
 from model.train.config import (
-    ConfigError,
+    TABLE,
+    Bool,
+    Float,
+    Int,
     LoopConfig,
     OptimConfig,
     PipelineConfig,
-    from_dict,
-    read_config_tables,
+    load_config_with,
 )
 from model.train.context import Context, StageError
 from model.train.export import git_version
@@ -66,18 +70,18 @@ from model.vocab import ColumnVocabulary, Vocabulary
 Method = Literal["learned", "baseline"]
 
 
-@dataclass
+@pydantic.dataclasses.dataclass(config=TABLE)
 class AddLanguageConfig(LoopConfig):
     """The ``[add_language]`` table (loop keys, plus these)."""
 
     method: Method = "learned"
     # Kept share of the prunable weights; 0 = the mean density of the bundle's languages.
-    density: float = 0.0
+    density: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.0
     score_init: Literal["magnitude", "importance"] = "magnitude"
-    importance_batches: int = 4  # batches whose gradients rank the weights (importance)
+    importance_batches: Int = 4  # batches whose gradients rank the weights (importance)
     baseline_mask: Literal["densest", "union"] = "densest"
-    lm: bool = True  # build the language's n-gram LM (the [lm] table's settings)
-    evaluate: bool = True  # score the pack on the [evaluate] split
+    lm: Bool = True  # build the language's n-gram LM (the [lm] table's settings)
+    evaluate: Bool = True  # score the pack on the [evaluate] split
     # Scores start at |W| (~0.05 in the default bundle), so one learning rate suits both
     # them and the new rows; no weight decay (it would pull every score towards pruned).
     optim: OptimConfig = field(
@@ -90,16 +94,7 @@ def load_add_language_config(
 ) -> tuple[PipelineConfig, AddLanguageConfig]:
     """A pipeline config (its ``[data]``, ``[lm]``, ``[evaluate]``, ``device`` ...) with an
     optional ``[add_language]`` table; dotted ``overrides`` reach both."""
-    data = read_config_tables(path, overrides)
-    table = data.pop("add_language", {})
-    try:
-        cfg = from_dict(PipelineConfig, data)
-        acfg = from_dict(AddLanguageConfig, table, "add_language")
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    if not 0.0 <= acfg.density <= 1.0:
-        raise ConfigError(f"{path}: add_language.density must be in [0, 1], got {acfg.density}")
-    return cfg, acfg
+    return load_config_with(path, "add_language", AddLanguageConfig, overrides)
 
 
 # ------------------------------------------------------------------------- pieces

@@ -39,15 +39,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic.dataclasses
 import torch
 
 from model.atomic import atomic_write_text
 from model.train.config import (
     STAGES,
+    TABLE,
     ConfigError,
+    Float,
+    Int,
     PipelineConfig,
-    from_dict,
-    read_config_tables,
+    Str,
+    load_config_with,
 )
 from model.train.context import Context, StageError
 from model.train.progress import progress_bar
@@ -71,20 +75,20 @@ TIMING = "timing.json"
 EVAL_COST = 0.5
 
 
-@dataclass
+@pydantic.dataclasses.dataclass(config=TABLE)
 class CompareConfig:
     """The ``[compare]`` table."""
 
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    methods: list[Str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[Int] = field(default_factory=lambda: [0, 1])
     # [] = the synthetic corpus config's high_resource / low_resource lists
-    high_resource: list[str] = field(default_factory=list)
-    low_resource: list[str] = field(default_factory=list)
+    high_resource: list[Str] = field(default_factory=list)
+    low_resource: list[Str] = field(default_factory=list)
     # The ablation: lass with every low-resource language pruned to each of these sparsities
     # (a value equal to the config's own is the main lass run, not run twice). [] = none.
-    low_sparsity: list[float] = field(default_factory=list)
-    ablation_seeds: list[int] = field(default_factory=list)  # [] = seeds
-    served_languages: list[int] = field(default_factory=lambda: [100])  # besides the run's N
+    low_sparsity: list[Float] = field(default_factory=list)
+    ablation_seeds: list[Int] = field(default_factory=list)  # [] = seeds
+    served_languages: list[Int] = field(default_factory=lambda: [100])  # besides the run's N
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -102,12 +106,7 @@ def load_compare_config(
 ) -> tuple[PipelineConfig, CompareConfig]:
     """A pipeline config with a ``[compare]`` table (TOML or YAML); ``overrides`` are dotted
     keys as for ``load_config`` (``compare.seeds=[0]`` reaches the compare table)."""
-    data = read_config_tables(path, overrides)
-    compare = data.pop("compare", {})
-    try:
-        return from_dict(PipelineConfig, data), from_dict(CompareConfig, compare, "compare")
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    return load_config_with(path, "compare", CompareConfig, overrides)
 
 
 # --------------------------------------------------------------------------- the plan

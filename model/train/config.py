@@ -1,22 +1,28 @@
-"""Trainer configuration: one dataclass per stage, one ``PipelineConfig`` for them all.
+"""Trainer configuration: one table per stage, one ``PipelineConfig`` for them all.
 
 A pipeline config is a TOML file (``configs/*.toml``) or the same tables in YAML
-(``.yaml``/``.yml``, read with PyYAML); every table maps onto one of
-the dataclasses below and unknown keys are an error that names the key, so a typo
-never silently falls back to a default. ``PipelineConfig.to_dict()`` is what the
-bundle records as provenance.
+(``.yaml``/``.yml``, read with PyYAML). Every table is a pydantic dataclass with
+``extra="forbid"``: pydantic checks the types and refuses unknown keys, and
+:func:`from_dict` turns its errors into a :class:`ConfigError` that names the key and its
+table, so a typo never silently falls back to a default. The tables stay dataclasses
+because ``dataclasses.asdict`` of them is what bundles, checkpoints and ``lass train
+compare`` record; ``PipelineConfig.to_dict()`` is the bundle's provenance. Commands with a
+table of their own (``[compare]``, ``[add_language]``) load it with
+:func:`load_config_with`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import ConfigDict, Strict, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
 
 from model.config import LidInput
 
@@ -32,78 +38,88 @@ STAGES: tuple[str, ...] = (
     "export",
 )
 
+# Every table: unknown keys are an error (pydantic's default would drop them silently).
+TABLE = ConfigDict(extra="forbid")
+# Values as TOML/YAML wrote them: pydantic's lax mode would read "5" as 5 and 1 as true,
+# so a quoted number or a 0/1 flag would pass unnoticed. An int is a valid Float (and
+# becomes a float, as the recorded JSON has always had it).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+
 
 class ConfigError(ValueError):
-    """A config file or table that does not fit the dataclasses (names the key)."""
+    """A config file or table that does not fit the tables (names the key)."""
 
 
-@dataclass
+@dataclass(config=TABLE)
 class OptimConfig:
     """AdamW with linear warm-up, then linear/cosine decay (or constant)."""
 
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup_steps: int = 50
+    lr: Float = 5e-4
+    weight_decay: Float = 0.01
+    betas: tuple[Float, Float] = (0.9, 0.98)
+    eps: Float = 1e-6
+    warmup_steps: Int = 50
     schedule: Literal["linear", "cosine", "constant"] = "linear"
-    final_lr_scale: float = 0.05  # lr at the last step, as a fraction of ``lr``
-    grad_clip: float = 5.0  # max global grad norm; <= 0 disables clipping
+    final_lr_scale: Float = 0.05  # lr at the last step, as a fraction of ``lr``
+    grad_clip: Float = 5.0  # max global grad norm; <= 0 disables clipping
 
 
-@dataclass
+@dataclass(config=TABLE)
 class LoopConfig:
     """What every stage's training loop shares."""
 
-    steps: int = 100
-    log_every: int = 10
-    checkpoint_every: int = 100
-    bf16: bool = False  # bf16 autocast (tiny's step 1.5x faster on CPU, docs/benchmarks.md)
-    seed: int = 0
-    batch_seconds: float = 80.0  # audio seconds per global batch
-    max_batch_size: int = 16
-    sort_first_epoch: bool = False  # SortaGrad: epoch 0 shortest batches first
+    steps: Int = 100
+    log_every: Int = 10
+    checkpoint_every: Int = 100
+    bf16: Bool = False  # bf16 autocast (tiny's step 1.5x faster on CPU, docs/benchmarks.md)
+    seed: Int = 0
+    batch_seconds: Float = 80.0  # audio seconds per global batch
+    max_batch_size: Int = 16
+    sort_first_epoch: Bool = False  # SortaGrad: epoch 0 shortest batches first
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-@dataclass
+@dataclass(config=TABLE)
 class ContrastiveConfig:
     """The wav2vec 2.0 objective: span masking, Gumbel product quantizer, K distractors."""
 
-    mask_prob: float = 0.65  # fraction of frames that start a masked span (before overlap)
-    mask_length: int = 10  # frames per span
-    num_negatives: int = 100  # distractors per masked frame, from the same utterance
-    codebook_groups: int = 2  # G
-    codebook_entries: int = 320  # V per group
-    codevector_dim: int = 256  # quantized vector size (split across groups)
-    final_dim: int = 256  # space the contrastive similarity is computed in
-    temperature_start: float = 2.0  # Gumbel-softmax temperature annealing
-    temperature_end: float = 0.5
-    temperature_decay: float = 0.999995  # per step: tau = max(end, start * decay**step)
-    logit_temperature: float = 0.1  # kappa in the paper
-    diversity_weight: float = 0.1  # alpha in the paper
-    feature_penalty: float = 10.0  # L2 penalty on the conv features (wav2vec 2.0: 10)
+    mask_prob: Float = 0.65  # fraction of frames that start a masked span (before overlap)
+    mask_length: Int = 10  # frames per span
+    num_negatives: Int = 100  # distractors per masked frame, from the same utterance
+    codebook_groups: Int = 2  # G
+    codebook_entries: Int = 320  # V per group
+    codevector_dim: Int = 256  # quantized vector size (split across groups)
+    final_dim: Int = 256  # space the contrastive similarity is computed in
+    temperature_start: Float = 2.0  # Gumbel-softmax temperature annealing
+    temperature_end: Float = 0.5
+    temperature_decay: Float = 0.999995  # per step: tau = max(end, start * decay**step)
+    logit_temperature: Float = 0.1  # kappa in the paper
+    diversity_weight: Float = 0.1  # alpha in the paper
+    feature_penalty: Float = 10.0  # L2 penalty on the conv features (wav2vec 2.0: 10)
     # Std of the quantizer's logit projection at init. wav2vec 2.0 uses 1.0; on our short
     # CPU runs that saturates the softmax and the codebooks collapse (code perplexity 2 of
     # 640 by step 80 of the default pretrain); 0.3 kept ~220 codes in use over 90 steps.
-    quantizer_init_std: float = 1.0
+    quantizer_init_std: Float = 1.0
 
 
-@dataclass
+@dataclass(config=TABLE)
 class PretrainConfig(LoopConfig):
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
-@dataclass
+@dataclass(config=TABLE)
 class PruneConfig(LoopConfig):
     """Per-language magnitude pruning; ``steps`` is the short language run per round."""
 
     method: Literal["one_shot", "iterative"] = "iterative"
     # iterative: prune-and-rewind rounds (one_shot: always 1). Every round rewinds to the
     # start weights (lottery ticket); there is no switch to turn rewinding off.
-    rounds: int = 3
-    sparsity: float = 0.5  # target fraction of prunable weights removed, per language
-    sparsity_per_language: dict[str, float] = field(default_factory=dict)
+    rounds: Int = 3
+    sparsity: Float = 0.5  # target fraction of prunable weights removed, per language
+    sparsity_per_language: dict[Str, Float] = field(default_factory=dict)
     granularity: Literal["per_tensor", "global"] = "per_tensor"
     objective: Literal["contrastive", "ctc"] = "ctc"
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
@@ -112,63 +128,63 @@ class PruneConfig(LoopConfig):
         return float(self.sparsity_per_language.get(language, self.sparsity))
 
 
-@dataclass
+@dataclass(config=TABLE)
 class AdaptConfig(LoopConfig):
     """Language-adaptive continued pre-training: each sample updates its sub-network."""
 
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
-@dataclass
+@dataclass(config=TABLE)
 class FinetuneConfig(LoopConfig):
     """CTC fine-tuning with the masks kept, then the LID head on the shared backbone."""
 
-    freeze_feature_encoder: bool = True
-    restrict_vocab: bool = True  # score each sample only over its language's columns
-    lid_steps: int = 50  # LID head training after CTC (backbone frozen); 0 = skip
-    lid_lr: float = 2e-3
+    freeze_feature_encoder: Bool = True
+    restrict_vocab: Bool = True  # score each sample only over its language's columns
+    lid_steps: Int = 50  # LID head training after CTC (backbone frozen); 0 = skip
+    lid_lr: Float = 2e-3
     # weight the LID loss so every language counts the same, however much audio it has
     # (unweighted, the head learns the prior: see docs/model-card.md)
-    lid_balance: bool = True
-    adapter_dim: int = 64  # bottleneck size for the MMS-style adapter baseline
+    lid_balance: Bool = True
+    adapter_dim: Int = 64  # bottleneck size for the MMS-style adapter baseline
 
 
-@dataclass
+@dataclass(config=TABLE)
 class EvaluateConfig:
-    beam_width: int = 16
-    batch_size: int = 8
+    beam_width: Int = 16
+    batch_size: Int = 8
     split: Literal["dev", "test"] = "test"
-    use_lm: bool = True
+    use_lm: Bool = True
 
 
-@dataclass
+@dataclass(config=TABLE)
 class LMConfig:
-    order: int = 3
-    prune_singletons_from: int = 0  # k >= 2 drops singleton n-grams of order >= k; 0 keeps all
-    binary: bool = True  # KenLM binary when build_binary is available, else ARPA
+    order: Int = 3
+    prune_singletons_from: Int = 0  # k >= 2 drops singleton n-grams of order >= k; 0 keeps all
+    binary: Bool = True  # KenLM binary when build_binary is available, else ARPA
 
 
-@dataclass
+@dataclass(config=TABLE)
 class ExportConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    out: str = ""  # bundle directory; "" = <work_dir>/bundle
-    include_lm: bool = True
+    out: Str = ""  # bundle directory; "" = <work_dir>/bundle
+    include_lm: Bool = True
 
 
-@dataclass
+@dataclass(config=TABLE)
 class ModelConfig:
-    preset: str = "tiny"
-    overrides: dict[str, Any] = field(default_factory=dict)  # BackboneConfig fields
-    scope: list[str] = field(default_factory=lambda: ["attention", "feed_forward"])
-    init_from: str = ""  # local HF wav2vec2 directory or a lass stage checkpoint (.pt)
-    lid_head: bool = True
+    preset: Str = "tiny"
+    overrides: dict[Str, Any] = field(default_factory=dict)  # BackboneConfig fields
+    scope: list[Str] = field(default_factory=lambda: ["attention", "feed_forward"])
+    init_from: Str = ""  # local HF wav2vec2 directory or a lass stage checkpoint (.pt)
+    lid_head: Bool = True
     # What the LID head reads: "encoder" (a dense transformer pass; accurate) or "features"
     # (the conv features' statistics; no transformer pass, far less accurate).
     lid_input: LidInput = "encoder"
-    seed: int = 0  # initialisation of a new model
+    seed: Int = 0  # initialisation of a new model
 
 
-@dataclass
+@dataclass(config=TABLE)
 class DataConfig:
     """Manifests (JSONL); relative paths resolve against the config file's folder.
 
@@ -176,22 +192,22 @@ class DataConfig:
     builds the synthetic corpus into ``<work_dir>/corpus`` first and uses its splits.
     """
 
-    train: str = ""
-    dev: str = ""
-    test: str = ""
-    corpus: str = ""
-    languages: list[str] = field(default_factory=list)  # [] = every language in train
-    num_workers: int = 0
-    max_seconds: float = 20.0  # longer clips are skipped (memory)
+    train: Str = ""
+    dev: Str = ""
+    test: Str = ""
+    corpus: Str = ""
+    languages: list[Str] = field(default_factory=list)  # [] = every language in train
+    num_workers: Int = 0
+    max_seconds: Float = 20.0  # longer clips are skipped (memory)
 
 
-@dataclass
+@dataclass(config=TABLE)
 class PipelineConfig:
-    name: str = "lass"
+    name: Str = "lass"
     method: Method = "lass"
-    work_dir: str = "runs/lass"
-    device: str = "cpu"
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    work_dir: Str = "runs/lass"
+    device: Str = "cpu"
+    stages: list[Str] = field(default_factory=lambda: list(STAGES))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -201,7 +217,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    source: str = ""  # the file it was loaded from (set by load_config)
+    source: Str = ""  # the file it was loaded from (set by load_config)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,70 +229,61 @@ class PipelineConfig:
             return p
         return Path(self.source).resolve().parent / p
 
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.stages if s not in STAGES]
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: list[str]) -> list[str]:
+        unknown = [s for s in stages if s not in STAGES]
         if unknown:
-            raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
+            raise ValueError(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
+        return stages
 
 
 T = TypeVar("T")
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in args:
-            try:
-                return _convert(arg, value, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError("; ".join(errors))
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-        pairs = enumerate(zip(args, value, strict=True))
-        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return {k: _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp in (int, str, bool):
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {tp!r}")
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Build table ``cls`` (a pydantic dataclass) from a TOML/YAML table ``data``.
+
+    ``where`` is the table's dotted name in the file ("" for the top level, "compare" for
+    ``[compare]``). Every problem pydantic finds (an unknown key, a wrong type, a value out
+    of range) is reported in one ConfigError naming its key.
+    """
+    try:
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as exc:
+        problems = [_problem(cls, where, error) for error in exc.errors(include_url=False)]
+        raise ConfigError("; ".join(problems)) from None
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from a (TOML) table; unknown keys raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+def _problem(cls: type, where: str, error: Any) -> str:
+    """One pydantic error as "<dotted key>: <what is wrong>"."""
+    path = [str(part) for part in error["loc"]]
+    key = ".".join(p for p in (where, *path) if p)
+    kind = error["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        table = ".".join(p for p in (where, *path[:-1]) if p)
+        known = _keys(cls, path[:-1])
+        hint = difflib.get_close_matches(path[-1], known, n=1)
+        also = f" (did you mean {hint[0]!r}?)" if hint else ""
+        at = f"in [{table}]" if table else "at the top level"
+        return f"{key}: unknown key {at}{also}"
+    if kind == "value_error":  # our validators' messages
+        message = str(error["ctx"]["error"])
+        return f"{key}: {message}" if path else message
+    if kind in ("dataclass_type", "dataclass_exact_type"):
+        return f"{key}: expected a table, got {error['input']!r}"
+    message = error["msg"][:1].lower() + error["msg"][1:]
+    return f"{key}: {message}, got {error['input']!r}"
+
+
+def _keys(cls: type, path: list[str]) -> list[str]:
+    """The keys of the table at ``path`` below ``cls`` ([] when it is not a table)."""
+    fields: dict[str, Any] = getattr(cls, "__pydantic_fields__", {})
+    for part in path:
+        if part not in fields:
+            return []
+        fields = getattr(fields[part].annotation, "__pydantic_fields__", {})
+    return list(fields)
 
 
 def _read_tables(path: Path) -> dict[str, Any]:
@@ -302,29 +309,43 @@ def _read_tables(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_config_tables(path: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A config file's tables (TOML or YAML) with dotted ``overrides`` applied, e.g.
-    {"finetune.steps": 5}; commands with tables of their own (``[compare]``,
-    ``[add_language]``) pop them before building the :class:`PipelineConfig`."""
+def _tables(path: Path, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A config file's tables with dotted ``overrides`` applied, e.g. {"finetune.steps": 5}."""
     data = _read_tables(path)
     for dotted, value in (overrides or {}).items():
         table = data
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for i, key in enumerate(parents):
             table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"{path}: override {dotted}: {where} is not a table")
         table[leaf] = value
     data["source"] = str(Path(path).resolve())
     return data
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a pipeline config (TOML or YAML); ``overrides`` are dotted keys, e.g.
-    {"finetune.steps": 5}."""
-    data = read_config_tables(path, overrides)
+def _build(path: Path, cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     try:
-        return from_dict(PipelineConfig, data)
+        return from_dict(cls, data, where)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline config (TOML or YAML); ``overrides`` are dotted keys, e.g.
+    {"finetune.steps": 5}."""
+    return _build(path, PipelineConfig, _tables(path, overrides))
+
+
+def load_config_with(
+    path: Path, table: str, cls: type[T], overrides: Mapping[str, Any] | None = None
+) -> tuple[PipelineConfig, T]:
+    """A pipeline config and a command's own table in it, e.g. ``[compare]`` read as ``cls``
+    (all defaults when the file has none); dotted ``overrides`` reach both."""
+    data = _tables(path, overrides)
+    own = data.pop(table, {})
+    return _build(path, PipelineConfig, data), _build(path, cls, own, table)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,12 +1,23 @@
-"""Pipeline config: TOML (or YAML) onto dataclasses, unknown keys named, overrides."""
+"""Pipeline config: TOML (or YAML) onto pydantic tables, unknown keys named, overrides."""
 
 from __future__ import annotations
 
+from dataclasses import field
 from pathlib import Path
 
 import pytest
+from pydantic.dataclasses import dataclass
 
-from model.train.config import ConfigError, PipelineConfig, load_config, parse_override
+from model.train.config import (
+    TABLE,
+    ConfigError,
+    Int,
+    LoopConfig,
+    PipelineConfig,
+    load_config,
+    load_config_with,
+    parse_override,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +58,18 @@ sparsity_per_language = { en = 0.3 }
         ('stages = ["finetune", "dance"]\n', "dance"),
         # rewinding is always on: no key pretends to turn it off
         ("[prune]\nrewind = false\n", "prune.rewind"),
+        # the key and the table it is not in, with the nearest real key
+        (
+            "[finetune.optim]\nlrr = 1\n",
+            r"finetune\.optim\.lrr: unknown key in \[finetune\.optim\] \(did you mean 'lr'\?\)",
+        ),
+        ("colour = 1\n", "colour: unknown key at the top level"),
+        ("finetune = 3\n", "finetune: expected a table, got 3"),
+        # values as written: no "5" -> 5, 1 -> true or 2.0 -> 2 coercion
+        ('[finetune]\nsteps = "5"\n', "finetune.steps: .*integer"),
+        ("[finetune]\nbf16 = 1\n", "finetune.bf16: .*boolean"),
+        ("[finetune]\nsteps = 2.0\n", "finetune.steps"),
+        ('[prune]\nsparsity_per_language = { en = "half" }\n', "prune.sparsity_per_language.en"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -101,3 +124,49 @@ def test_committed_configs_load(path: Path) -> None:
         load_compare_config(path)
     else:
         load_config(path)
+
+
+def test_every_problem_is_named_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[finetune]\nstepz = 3\n[pretrain]\nsteps = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert "finetune.stepz" in str(info.value) and "pretrain.steps" in str(info.value)
+
+
+def test_an_int_for_a_float_key_is_recorded_as_a_float(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[pretrain]\nbatch_seconds = 40\n[pretrain.optim]\nbetas = [1, 0.5]\n")
+    cfg = load_config(path)
+    assert type(cfg.pretrain.batch_seconds) is float
+    assert cfg.to_dict()["pretrain"]["optim"]["betas"] == (1.0, 0.5)
+
+
+def test_overrides_reach_a_command_table_and_cannot_replace_a_table(tmp_path: Path) -> None:
+    @dataclass(config=TABLE)
+    class Extra:
+        seeds: list[Int] = field(default_factory=lambda: [0])
+
+    path = tmp_path / "c.toml"
+    path.write_text("[finetune]\nsteps = 3\n[extra]\nseeds = [1, 2]\n")
+    cfg, extra = load_config_with(path, "extra", Extra, {"extra.seeds": [5]})
+    assert extra.seeds == [5] and cfg.finetune.steps == 3
+    # a command's table is optional, and unknown to commands without it
+    with pytest.raises(ConfigError, match="extra: unknown key at the top level"):
+        load_config(path)
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[finetune]\nsteps = 3\n")
+    assert load_config_with(plain, "extra", Extra)[1].seeds == [0]
+    with pytest.raises(ConfigError, match=r"extra\.seedz: unknown key in \[extra\]"):
+        load_config_with(path, "extra", Extra, {"extra.seedz": [5]})
+    with pytest.raises(ConfigError, match="finetune.steps is not a table"):
+        load_config(path, {"finetune.steps.x": 1})
+
+
+def test_tables_built_in_code_are_validated_too() -> None:
+    assert LoopConfig(steps=3).steps == 3
+    with pytest.raises(ValueError, match="steps"):
+        LoopConfig(steps="3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stepz"):
+        LoopConfig(stepz=3)  # type: ignore[call-arg]
