@@ -478,7 +478,7 @@ def _build_lm(ctx: Context, language: str, folder: Path) -> Path | None:
         text,
         folder / "lm" / language,
         order=cfg.order,
-        prune_singletons_from=cfg.prune_singletons_from or None,
+        prune_singletons_from=cfg.prune_singletons_from,
         binary=cfg.binary,
     )
 

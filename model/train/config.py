@@ -21,7 +21,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Strict, TypeAdapter, ValidationError, field_validator
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from model.config import LidInput
@@ -159,9 +159,24 @@ class EvaluateConfig:
 
 @dataclass(config=TABLE)
 class LMConfig:
-    order: Int = 3
-    prune_singletons_from: Int = 0  # k >= 2 drops singleton n-grams of order >= k; 0 keeps all
-    binary: Bool = True  # KenLM binary when build_binary is available, else ARPA
+    """The ``[lm]`` table: how ``model.train.lm`` estimates each language's n-gram model.
+
+    ``prune_singletons_from``: 0 keeps every n-gram; k (>= 2) drops the n-grams of order
+    >= k seen only once (``lmplz --prune 0 0 1`` is k = 3). ``binary``: convert to KenLM's
+    binary format when ``build_binary`` is available, else keep the ARPA.
+    """
+
+    # KenLM loads bigram models and up; pip's kenlm is compiled with KENLM_MAX_ORDER=6.
+    order: Annotated[Int, Field(ge=2, le=6)] = 3
+    prune_singletons_from: Int = 0
+    binary: Bool = True
+
+    @field_validator("prune_singletons_from")
+    @classmethod
+    def _prunable_order(cls, k: int) -> int:
+        if k != 0 and k < 2:
+            raise ValueError(f"0 (keep every n-gram) or >= 2 (unigrams are never pruned), got {k}")
+        return k
 
 
 @dataclass(config=TABLE)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.atomic import atomic_write_text, atomic_writer
+from model.train.config import LMConfig  # the [lm] table; 0 = no pruning
 
 BOS = "<s>"
 EOS = "</s>"
@@ -53,27 +54,6 @@ NGram = tuple[str, ...]
 
 class LMError(Exception):
     """Bad input or a failed conversion while building a language model."""
-
-
-@dataclass(frozen=True)
-class LMConfig:
-    """How to estimate the n-gram model.
-
-    ``prune_singletons_from``: None keeps every n-gram; k (>= 2) drops n-grams of order
-    >= k seen only once (``lmplz --prune 0 0 1`` is k = 3).
-    ``binary``: convert to KenLM's binary format when ``build_binary`` is available.
-    """
-
-    order: int = 3
-    prune_singletons_from: int | None = None
-    binary: bool = True
-
-    def __post_init__(self) -> None:
-        # KenLM loads bigram models and up; pip's kenlm is compiled with KENLM_MAX_ORDER=6.
-        if not 2 <= self.order <= 6:
-            raise LMError(f"order must be between 2 and 6, got {self.order}")
-        if self.prune_singletons_from is not None and self.prune_singletons_from < 2:
-            raise LMError("prune_singletons_from must be >= 2 (unigrams are never pruned)")
 
 
 @dataclass
@@ -156,7 +136,7 @@ def _discounts(adjusted: dict[NGram, int]) -> tuple[tuple[float, float, float], 
     return d, False
 
 
-def _kept(raw: list[Counter[NGram]], prune_from: int | None) -> list[set[NGram]]:
+def _kept(raw: list[Counter[NGram]], prune_from: int) -> list[set[NGram]]:
     """N-grams that stay in the model: all, minus pruned singletons that no kept longer
     n-gram needs as prefix or suffix (ARPA needs both in the file)."""
     order = len(raw)
@@ -168,7 +148,7 @@ def _kept(raw: list[Counter[NGram]], prune_from: int | None) -> list[set[NGram]]
                 needed.add(g[:-1])
                 needed.add(g[1:])
         for g, c in raw[n - 1].items():
-            if prune_from is None or n < prune_from or c > 1 or g in needed:
+            if not prune_from or n < prune_from or c > 1 or g in needed:
                 kept[n - 1].add(g)
     return kept
 
@@ -295,9 +275,9 @@ def to_binary(arpa: Path, out: Path, tool: str) -> Path:
 def build_lm(
     text: Path | str | Iterable[str],
     out_path: Path | str,
-    order: int = 3,
-    prune_singletons_from: int | None = None,
-    binary: bool = True,
+    order: int = LMConfig.order,
+    prune_singletons_from: int = LMConfig.prune_singletons_from,
+    binary: bool = LMConfig.binary,
     normalize: Callable[[str], str] = default_normalize,
 ) -> Path:
     """Build a word n-gram LM from text (a file path, or lines) and return the file written.

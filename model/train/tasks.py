@@ -74,7 +74,7 @@ def run_lm(ctx: Context) -> Path:
                 text,
                 folder / language,
                 order=cfg.order,
-                prune_singletons_from=cfg.prune_singletons_from or None,
+                prune_singletons_from=cfg.prune_singletons_from,
                 binary=cfg.binary,
             )
             bar.advance(task, len(text))

@@ -70,6 +70,8 @@ sparsity_per_language = { en = 0.3 }
         ("[finetune]\nbf16 = 1\n", "finetune.bf16: .*boolean"),
         ("[finetune]\nsteps = 2.0\n", "finetune.steps"),
         ('[prune]\nsparsity_per_language = { en = "half" }\n', "prune.sparsity_per_language.en"),
+        ("[lm]\norder = 7\n", "lm.order: input should be less than or equal to 6"),
+        ("[lm]\nprune_singletons_from = 1\n", r"lm.prune_singletons_from: 0 \(keep every"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:

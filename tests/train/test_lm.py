@@ -65,8 +65,8 @@ def test_hand_computed_kneser_ney(tmp_path: Path) -> None:
     assert est.fallback_orders == [1, 2] and est.discounts[0] == (0.5, 1.0, 1.5)
 
 
-@pytest.mark.parametrize("prune", [None, 2, 3])
-def test_distributions_sum_to_one(tmp_path: Path, prune: int | None) -> None:
+@pytest.mark.parametrize("prune", [0, 2, 3])
+def test_distributions_sum_to_one(tmp_path: Path, prune: int) -> None:
     path = build_lm(CORPUS, tmp_path / "en", order=3, prune_singletons_from=prune, binary=False)
     assert path.suffix == ".arpa"
     declared, found = read_arpa_counts(path)
@@ -132,11 +132,13 @@ def test_bad_input_is_reported(tmp_path: Path) -> None:
         build_lm(["", "  ", "!!"], tmp_path / "x")
     with pytest.raises(LMError, match="not found"):
         build_lm(tmp_path / "missing.txt", tmp_path / "x")
+    # LMConfig is the trainer's [lm] table: 0 is "no pruning" there and here
     for order in (1, 7):
-        with pytest.raises(LMError, match="order"):
+        with pytest.raises(ValueError, match="order"):
             LMConfig(order=order)
-    with pytest.raises(LMError, match="prune"):
+    with pytest.raises(ValueError, match="prune"):
         LMConfig(prune_singletons_from=1)
+    assert LMConfig().prune_singletons_from == 0
 
 
 def test_binary_when_build_binary_is_available(tmp_path: Path) -> None:
