@@ -40,6 +40,9 @@ _HEADER = struct.Struct("<Q")
 # Building a decoder reads an operator's LM file, not client input: a generous cap only
 # so that a hung child cannot hang its caller for ever.
 BUILD_TIMEOUT_S = 600.0
+# The one default beam width: BeamConfig, the server's LASS_BEAM_WIDTH and the trainer's
+# [evaluate] table all start from it, so a model is scored with the beam it is served with.
+DEFAULT_BEAM_WIDTH = 16
 
 
 class BeamSearchError(RuntimeError):

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from model.beam_search import (
     BUILD_TIMEOUT_S,
+    DEFAULT_BEAM_WIDTH,
     BeamProcess,
     BeamSearchError,
     DecodeBudgetExceededError,
@@ -304,7 +305,7 @@ class BeamConfig:
     (only used with an LM); ``token_min_logp``: characters below this log-probability are
     not expanded in a frame; ``beam_prune_logp``: beams this far below the best are cut."""
 
-    beam_width: int = 32
+    beam_width: int = DEFAULT_BEAM_WIDTH
     alpha: float = 0.5
     beta: float = 1.0
     unk_score_offset: float = -10.0

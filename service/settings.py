@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.beam_search import DEFAULT_BEAM_WIDTH
+
 # The bundle shipped inside the package (written by ``lass train export``).
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "model" / "default_bundle"
 
@@ -100,7 +102,7 @@ class Settings(BaseSettings):
     # Decoding: greedy is the fast path; beam search is used when asked for, when the
     # request carries hotwords, or always with decoder="beam".
     decoder: Literal["greedy", "beam"] = "greedy"
-    beam_width: Annotated[int, Field(ge=1)] = 16
+    beam_width: Annotated[int, Field(ge=1)] = DEFAULT_BEAM_WIDTH
     # Wall-clock budget of one utterance's beam search (a killable child process); over it: 503.
     decode_budget_s: Annotated[float, Field(gt=0)] = 30.0
     decode_threads: Annotated[int, Field(ge=1)] = 2

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
+from model.beam_search import DEFAULT_BEAM_WIDTH
 from model.config import LidInput
 
 Method = Literal["lass", "dense", "dense_adapt", "adapters"]
@@ -151,7 +152,7 @@ class FinetuneConfig(LoopConfig):
 
 @dataclass(config=TABLE)
 class EvaluateConfig:
-    beam_width: Int = 16
+    beam_width: Int = DEFAULT_BEAM_WIDTH
     batch_size: Int = 8
     split: Literal["dev", "test"] = "test"
     use_lm: Bool = True

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from model.atomic import atomic_write_text
+from model.beam_search import DEFAULT_BEAM_WIDTH
 from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, greedy_decode_batch
 from model.network import LassModel
 from model.train.data.audio_io import AudioError, load_audio
@@ -219,7 +220,7 @@ def evaluate(
     entries: Sequence[ManifestEntry] | Path | str,
     languages: Sequence[str] | None = None,
     lm_paths: Mapping[str, Path] | None = None,
-    beam_width: int = 32,
+    beam_width: int = DEFAULT_BEAM_WIDTH,
     batch_size: int = 8,
     device: str | torch.device | None = None,
     methods: Sequence[str] = METHODS,
