@@ -6,6 +6,7 @@ import itertools
 import math
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -257,16 +258,54 @@ def test_single_sample_helpers_match_the_batch(vocab: Vocabulary) -> None:
     assert decoders.decode(logits[0], "en", lengths[0], hotwords=["dig"]) == beam[0]
 
 
-def test_greedy_matches_core_greedy_decode(vocab: Vocabulary) -> None:
-    from model.ctc import greedy_decode
+def reference_greedy_decode(
+    logits: torch.Tensor, length: int, allowed: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """The CTC best path over the ``allowed`` columns of one sample's logits ``[F, V]``
+    (first ``length`` frames), written the plain way as an oracle for the decoder: the
+    token ids after collapsing repeats and dropping blanks (id 0), and the frame each
+    emitted token starts at."""
+    if 0 not in allowed:
+        raise ValueError("allowed columns must include the CTC blank (0)")
+    columns = torch.as_tensor(list(allowed), dtype=torch.long)
+    best = columns[logits[:length].index_select(1, columns).argmax(dim=1)].tolist()
+    tokens: list[int] = []
+    starts: list[int] = []
+    previous = 0
+    for frame, token in enumerate(best):
+        if token not in (previous, 0):
+            tokens.append(token)
+            starts.append(frame)
+        previous = token
+    return tokens, starts
 
+
+def test_reference_greedy_decode_collapses_and_restricts_columns() -> None:
+    # frames: a a _ b b c(forbidden, best) a
+    v = 5
+    best = [1, 1, 0, 2, 2, 4, 1]
+    logits = torch.full((len(best) + 2, v), -5.0)
+    for f, t in enumerate(best):
+        logits[f, t] = 5.0
+    logits[5, 3] = 1.0  # second best at frame 5 is token 3
+    tokens, starts = reference_greedy_decode(logits, len(best), allowed=[0, 1, 2, 3])
+    assert tokens == [1, 2, 3, 1]
+    assert starts == [0, 3, 5, 6]
+    tokens_all, _ = reference_greedy_decode(logits, len(best), allowed=range(v))
+    assert tokens_all == [1, 2, 4, 1]
+    with pytest.raises(ValueError, match="blank"):
+        reference_greedy_decode(logits, 3, allowed=[1, 2])
+
+
+def test_greedy_matches_the_reference_best_path(vocab: Vocabulary) -> None:
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(3, 40, len(vocab.tokens), generator=gen) * 3
     lengths = [40, 25, 7]
     langs = ["en", "de", "en"]
     ours = greedy_decode_batch(logits, lengths, langs, vocab)
     for i, t in enumerate(ours):
-        ids, starts = greedy_decode(logits[i], lengths[i], vocab.language_token_ids(langs[i]))
+        allowed = vocab.language_token_ids(langs[i])
+        ids, starts = reference_greedy_decode(logits[i], lengths[i], allowed)
         assert t.text == " ".join(vocab.decode(ids).split())
         # Each word starts at the frame where its first character starts.
         word_starts = [

@@ -1,12 +1,10 @@
-"""Vocabulary (alphabets per language) and language-restricted greedy CTC decoding."""
+"""Vocabulary (alphabets per language) and the backbone presets."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from model.config import PRESETS, BackboneConfig, get_preset
-from model.ctc import greedy_decode
 from model.vocab import BLANK, Vocabulary
 
 
@@ -40,23 +38,6 @@ def test_language_token_ids_are_blank_plus_alphabet() -> None:
     v = _vocab()
     ids = v.language_token_ids("es")
     assert ids[0] == 0 and sorted(v.tokens[i] for i in ids[1:]) == sorted(v.alphabets["es"])
-
-
-def test_greedy_decode_collapses_and_restricts_columns() -> None:
-    # frames: a a _ b b c(forbidden, best) a
-    v = 5
-    best = [1, 1, 0, 2, 2, 4, 1]
-    logits = torch.full((len(best) + 2, v), -5.0)
-    for f, t in enumerate(best):
-        logits[f, t] = 5.0
-    logits[5, 3] = 1.0  # second best at frame 5 is token 3
-    tokens, starts = greedy_decode(logits, len(best), allowed=[0, 1, 2, 3])
-    assert tokens == [1, 2, 3, 1]
-    assert starts == [0, 3, 5, 6]
-    tokens_all, _ = greedy_decode(logits, len(best), allowed=range(v))
-    assert tokens_all == [1, 2, 4, 1]
-    with pytest.raises(ValueError, match="blank"):
-        greedy_decode(logits, 3, allowed=[1, 2])
 
 
 def test_presets() -> None:
