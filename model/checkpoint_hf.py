@@ -20,7 +20,7 @@ from torch import Tensor
 from model.config import BackboneConfig
 
 
-class UnsupportedCheckpoint(Exception):  # noqa: N818  (name fixed by docs/interfaces.md)
+class UnsupportedCheckpoint(Exception):  # noqa: N818  (a public name: callers catch it)
     """A checkpoint configuration lass cannot represent; names the field and its value."""
 
     def __init__(self, field: str, value: Any, reason: str = "not supported by lass"):

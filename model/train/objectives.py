@@ -28,7 +28,7 @@ class StepResult:
 
 
 class Encoder(Protocol):
-    """The two LassModel pieces the contrastive objective needs (docs/interfaces.md)."""
+    """The two LassModel pieces the contrastive objective needs (``LassModel``'s docstrings)."""
 
     def extract_features(
         self, waveforms: Tensor, lengths: Tensor
