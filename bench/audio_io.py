@@ -3,7 +3,7 @@
     python -m bench.audio_io [--seconds 4] [--repeats 30] [--threads 1]
 
 Resampling to 16 kHz from 8/22.05/44.1/48 kHz with ``torchaudio.functional.resample``
-against PyAV's swresample (what ``service.audio.resample`` uses), then the whole
+against PyAV's swresample (what ``model.audio.resample`` and every decoder use), then the whole
 ``decode_audio`` (sniff, demux, decode, downmix, resample) for every format the service
 accepts. Medians over ``--repeats`` runs, one thread (the service decodes in a thread
 pool, one upload per thread). The last line is JSON with every figure.
@@ -23,7 +23,7 @@ from functools import partial
 import av
 import numpy as np
 
-from service.audio import TARGET_RATE, decode_audio, resample
+from model.audio import SAMPLE_RATE, decode_audio, resample
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def encode(samples: np.ndarray, fmt: Format) -> bytes:
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(planes, dtype=np.float32), format="fltp", layout=layout
         )
-        frame.sample_rate = TARGET_RATE
+        frame.sample_rate = SAMPLE_RATE
         to_rate = av.AudioResampler(format="fltp", layout=layout, rate=fmt.rate)
         for converted in [*to_rate.resample(frame), *to_rate.resample(None)]:
             converted.pts = None
@@ -73,9 +73,9 @@ def encode(samples: np.ndarray, fmt: Format) -> bytes:
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     """Float32 [T] at 16 kHz: harmonic bursts with pauses (no espeak-ng needed)."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * TARGET_RATE)) / TARGET_RATE
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / TARGET_RATE
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
     voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
     envelope = (np.sin(2 * np.pi * 2.5 * t) > -0.3).astype(np.float32)
     noise = 0.02 * rng.standard_normal(t.size)
@@ -99,9 +99,9 @@ def run(seconds: float, repeats: int) -> dict[str, dict[str, float]]:
     clip = speech_like(seconds)
     resampling: dict[str, float] = {}
     for rate in (8_000, 22_050, 44_100, 48_000):
-        source = resample(clip, TARGET_RATE, rate)
+        source = resample(clip, SAMPLE_RATE, rate)
         tensor = torch.from_numpy(source)
-        ta = median_ms(partial(AF.resample, tensor, rate, TARGET_RATE), repeats)
+        ta = median_ms(partial(AF.resample, tensor, rate, SAMPLE_RATE), repeats)
         swr = median_ms(partial(resample, source, rate), repeats)
         resampling[f"torchaudio_{rate}_ms"] = ta
         resampling[f"pyav_{rate}_ms"] = swr

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from model.audio import AudioError
+
 log = logging.getLogger("lass.service")
 
 
@@ -59,18 +61,14 @@ def bad_field(param: str, message: str, code: str = "invalid_value") -> ApiError
     return ApiError(400, message, param=param, code=code)
 
 
-def from_audio_error(exc: Exception) -> ApiError:
-    """Map an audio decoding error (``service.audio``) to an :class:`ApiError`.
+# The HTTP status of each audio error code (``model.audio``'s errors, and the upload limit's
+# ``file_too_large``); every other audio error is the client's bad input: 400.
+AUDIO_STATUS = {"unsupported_audio": 415, "audio_too_long": 413, "file_too_large": 413}
 
-    Audio errors carry ``status_code``, ``error_type``, ``code``, ``param`` and ``message``.
-    """
-    return ApiError(
-        int(getattr(exc, "status_code", 400)),
-        str(getattr(exc, "message", "") or exc or type(exc).__name__),
-        type=getattr(exc, "error_type", None),
-        param=getattr(exc, "param", "file"),
-        code=getattr(exc, "code", None),
-    )
+
+def from_audio_error(exc: AudioError) -> ApiError:
+    """Map an audio error (``model.audio``, ``service.audio``) to an :class:`ApiError`."""
+    return ApiError(AUDIO_STATUS.get(exc.code, 400), exc.message, param=exc.param, code=exc.code)
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:

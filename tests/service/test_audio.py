@@ -1,4 +1,5 @@
-"""service.audio: every container from real (espeak-ng) speech, errors, raw PCM."""
+"""The audio front end (``model.audio``) as the service uses it: every container from real
+(espeak-ng) speech, errors and their HTTP statuses, raw PCM."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.audio import (
-    TARGET_RATE,
+from model.audio import (
+    SAMPLE_RATE,
     AudioError,
     AudioTooLongError,
     EmptyAudioError,
@@ -25,6 +26,7 @@ from service.audio import (
     resample,
     sniff_format,
 )
+from service.errors import from_audio_error
 from tests.conftest import Utterance
 
 
@@ -78,7 +80,7 @@ def encode(
             format="fltp",
             layout=layout,
         )
-        frame.sample_rate = TARGET_RATE
+        frame.sample_rate = SAMPLE_RATE
         for converted in [*to_rate.resample(frame), *to_rate.resample(None)]:
             converted.pts = None
             for packet in stream.encode(converted):
@@ -99,7 +101,7 @@ def best_correlation(decoded: np.ndarray, original: np.ndarray, max_lag: int = 1
     return best
 
 
-def wav_bytes(samples: np.ndarray, rate: int = TARGET_RATE, subtype: str = "PCM_16") -> bytes:
+def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format="WAV", subtype=subtype)
     return buf.getvalue()
@@ -109,7 +111,7 @@ def wav_bytes(samples: np.ndarray, rate: int = TARGET_RATE, subtype: str = "PCM_
 def clip(speech: dict[str, list[Utterance]]) -> np.ndarray:
     """One espeak-ng German sentence, float32 [T] at 16 kHz."""
     samples, rate = sf.read(speech["de"][1].path, dtype="float32")
-    assert rate == TARGET_RATE
+    assert rate == SAMPLE_RATE
     return samples
 
 
@@ -124,10 +126,10 @@ def test_decodes_each_format(name: str, clip: np.ndarray) -> None:
     assert decoded.channels == enc.channels
     assert decoded.format == enc.expect_format
     assert decoded.codec == enc.expect_codec
-    assert decoded.duration == pytest.approx(decoded.samples.size / TARGET_RATE)
+    assert decoded.duration == pytest.approx(decoded.samples.size / SAMPLE_RATE)
     original = clip if enc.channels == 1 else 0.75 * clip  # mean of x and x/2
     # Lossy codecs pad a few frames (mp3/aac priming): within 100 ms.
-    assert abs(decoded.duration - clip.size / TARGET_RATE) < 0.1
+    assert abs(decoded.duration - clip.size / SAMPLE_RATE) < 0.1
     assert best_correlation(decoded.samples, original) > 0.9
     assert np.abs(decoded.samples).max() <= 1.0
 
@@ -137,7 +139,7 @@ def test_lossless_16k_mono_wav_is_exact(clip: np.ndarray) -> None:
     decoded = decode_audio(data)
     expected = np.round(clip * 32767).astype(np.int16).astype(np.float32) / 32768
     np.testing.assert_allclose(decoded.samples, expected, atol=1 / 32768)
-    assert (decoded.format, decoded.original_rate, decoded.channels) == ("wav", TARGET_RATE, 1)
+    assert (decoded.format, decoded.original_rate, decoded.channels) == ("wav", SAMPLE_RATE, 1)
 
 
 def test_format_comes_from_the_bytes_not_the_name(clip: np.ndarray) -> None:
@@ -153,11 +155,11 @@ def test_accepts_a_spooled_upload_file(clip: np.ndarray) -> None:
         f.write(data)
         f.seek(0)
         decoded = decode_audio(f)  # type: ignore[arg-type]
-    assert abs(decoded.duration - clip.size / TARGET_RATE) < 0.1
+    assert abs(decoded.duration - clip.size / SAMPLE_RATE) < 0.1
 
 
 def test_downmix_is_the_channel_mean() -> None:
-    t = np.arange(TARGET_RATE) / TARGET_RATE
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     x = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     opposite = decode_audio(wav_bytes(np.stack([x, -x], axis=1), subtype="FLOAT"))
     assert np.abs(opposite.samples).max() < 1e-6
@@ -189,9 +191,9 @@ def test_resample_keeps_a_tone(rate: int) -> None:
     t = np.arange(2 * rate) / rate
     tone = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
     out = resample(tone, rate)
-    assert abs(out.size - 2 * TARGET_RATE) <= 2
+    assert abs(out.size - 2 * SAMPLE_RATE) <= 2
     spectrum = np.abs(np.fft.rfft(out[1000:-1000]))
-    peak_hz = np.argmax(spectrum) * TARGET_RATE / (out.size - 2000)
+    peak_hz = np.argmax(spectrum) * SAMPLE_RATE / (out.size - 2000)
     assert abs(peak_hz - 1000) < 5
     assert np.sqrt(np.mean(out[1000:-1000] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
 
@@ -200,13 +202,14 @@ def test_resample_keeps_a_tone(rate: int) -> None:
 
 
 def assert_openai_error(exc: AudioError, status: int, param: str = "file") -> None:
-    body = exc.to_dict()
+    error = from_audio_error(exc)
+    body = error.body()
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["param"] == param
     assert body["error"]["message"]
-    assert exc.status_code == status
+    assert error.status == status
 
 
 def test_empty_upload_is_400() -> None:
@@ -247,7 +250,7 @@ def video_mp4(samples: np.ndarray | None) -> bytes:
         video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
         audio = None
         if samples is not None:
-            audio = out.add_stream("aac", rate=TARGET_RATE, layout="mono")
+            audio = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
             assert isinstance(audio, av.audio.stream.AudioStream)
         for _ in range(10):
             image = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
@@ -257,7 +260,7 @@ def video_mp4(samples: np.ndarray | None) -> bytes:
             out.mux(packet)
         if audio is not None and samples is not None:
             frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
-            frame.sample_rate = TARGET_RATE
+            frame.sample_rate = SAMPLE_RATE
             for packet in [*audio.encode(frame), *audio.encode(None)]:
                 out.mux(packet)
     return buf.getvalue()
@@ -266,7 +269,7 @@ def video_mp4(samples: np.ndarray | None) -> bytes:
 def test_video_file_decodes_its_audio_track(clip: np.ndarray) -> None:
     decoded = decode_audio(video_mp4(clip), filename="clip.mp4", content_type="video/mp4")
     assert decoded.codec == "aac"
-    assert abs(decoded.duration - clip.size / TARGET_RATE) < 0.1
+    assert abs(decoded.duration - clip.size / SAMPLE_RATE) < 0.1
     assert best_correlation(decoded.samples, clip) > 0.9
 
 
@@ -286,7 +289,7 @@ def test_corrupted_middle_of_mp3_still_decodes_or_415(clip: np.ndarray) -> None:
     except UnsupportedAudioError:
         return
     assert np.isfinite(decoded.samples).all()
-    assert decoded.duration <= clip.size / TARGET_RATE + 0.1
+    assert decoded.duration <= clip.size / SAMPLE_RATE + 0.1
 
 
 @pytest.mark.parametrize(
@@ -296,7 +299,7 @@ def test_truncated_file_keeps_what_decodes(name: str, clip: np.ndarray) -> None:
     longer = np.tile(clip, 3)  # ~5.5 s: ogg pages hold ~1 s, half a short file may hold none
     data = encode(longer, ENCODINGS[name])
     decoded = decode_audio(data[: len(data) // 2])
-    full = longer.size / TARGET_RATE
+    full = longer.size / SAMPLE_RATE
     assert 0.25 * full < decoded.duration < 0.75 * full
 
 
@@ -319,7 +322,7 @@ def test_m4a_without_its_index_is_415(clip: np.ndarray) -> None:
 )
 def test_over_the_duration_limit_is_413(name: str, clip: np.ndarray) -> None:
     data = encode(clip, ENCODINGS[name])
-    limit = clip.size / TARGET_RATE / 2
+    limit = clip.size / SAMPLE_RATE / 2
     with pytest.raises(AudioTooLongError) as info:
         decode_audio(data, max_duration=limit)
     assert_openai_error(info.value, 413)
@@ -329,7 +332,7 @@ def test_over_the_duration_limit_is_413(name: str, clip: np.ndarray) -> None:
 def test_stream_without_duration_stops_decoding_at_the_limit() -> None:
     # A live webm (what browsers' MediaRecorder uploads) declares no duration: the guard
     # must trip while decoding, right after the limit, not after decoding everything.
-    long = np.tile(np.sin(np.arange(TARGET_RATE) / 5).astype(np.float32) * 0.3, 120)  # 120 s
+    long = np.tile(np.sin(np.arange(SAMPLE_RATE) / 5).astype(np.float32) * 0.3, 120)  # 120 s
     data = encode(long, ENCODINGS["webm-opus-48k-stereo"], container_options={"live": "1"})
     with av.open(io.BytesIO(data), mode="r") as probe:
         assert probe.duration is None
@@ -340,7 +343,7 @@ def test_stream_without_duration_stops_decoding_at_the_limit() -> None:
 
 
 def test_declared_duration_rejects_before_decoding() -> None:
-    long = np.tile(np.sin(np.arange(TARGET_RATE) / 5).astype(np.float32) * 0.3, 120)  # 120 s
+    long = np.tile(np.sin(np.arange(SAMPLE_RATE) / 5).astype(np.float32) * 0.3, 120)  # 120 s
     data = encode(long, ENCODINGS["ogg-opus-48k"])
     with pytest.raises(AudioTooLongError) as info:
         decode_audio(data, max_duration=10)
@@ -353,17 +356,17 @@ def test_declared_duration_rejects_before_decoding() -> None:
 
 def test_pcm_16k_mono_is_exact() -> None:
     ints = np.array([0, 1000, -1000, 32767, -32768], dtype="<i2")
-    decoded = decode_pcm(ints.tobytes(), TARGET_RATE)
+    decoded = decode_pcm(ints.tobytes(), SAMPLE_RATE)
     np.testing.assert_array_equal(decoded.samples, ints.astype(np.float32) / 32768)
     assert (decoded.format, decoded.channels, decoded.original_rate) == ("pcm_s16le", 1, 16_000)
 
 
 def test_pcm_stereo_8k_is_downmixed_and_resampled(clip: np.ndarray) -> None:
-    at_8k = resample(clip, TARGET_RATE, 8_000)
+    at_8k = resample(clip, SAMPLE_RATE, 8_000)
     ints = np.round(np.stack([at_8k, at_8k], axis=1) * 32767).astype("<i2")  # [T, 2] interleaved
     decoded = decode_pcm(ints.tobytes(), 8_000, channels=2)
     assert decoded.channels == 2
-    assert abs(decoded.duration - clip.size / TARGET_RATE) < 0.01
+    assert abs(decoded.duration - clip.size / SAMPLE_RATE) < 0.01
     assert best_correlation(decoded.samples, clip, max_lag=64) > 0.9
 
 
@@ -384,10 +387,10 @@ def test_pcm_bad_parameters_are_400(rate: int, channels: int, param: str) -> Non
 
 def test_pcm_errors() -> None:
     with pytest.raises(EmptyAudioError):
-        decode_pcm(b"", TARGET_RATE)
+        decode_pcm(b"", SAMPLE_RATE)
     with pytest.raises(UnsupportedAudioError):
-        decode_pcm(b"\x00\x00\x00", TARGET_RATE)  # half a sample
+        decode_pcm(b"\x00\x00\x00", SAMPLE_RATE)  # half a sample
     with pytest.raises(UnsupportedAudioError):
-        decode_pcm(b"\x00\x00" * 3, TARGET_RATE, channels=2)  # half a stereo frame
+        decode_pcm(b"\x00\x00" * 3, SAMPLE_RATE, channels=2)  # half a stereo frame
     with pytest.raises(AudioTooLongError):
-        decode_pcm(b"\x00\x00" * TARGET_RATE * 3, TARGET_RATE, max_duration=2.0)
+        decode_pcm(b"\x00\x00" * SAMPLE_RATE * 3, SAMPLE_RATE, max_duration=2.0)

@@ -4,7 +4,6 @@ through a real uvicorn server)."""
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,14 +13,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, UploadFile
 
-from service.audio import (
-    AudioError,
-    BodySizeLimitMiddleware,
-    UploadTooLargeError,
-    check_content_length,
-    read_limited,
-    read_limited_sync,
-)
+from model.audio import AudioError
+from service.audio import BodySizeLimitMiddleware, UploadTooLargeError, check_content_length
+from service.errors import from_audio_error
 from tests.conftest import free_port
 
 LIMIT = 100_000
@@ -92,24 +86,7 @@ def test_check_content_length() -> None:
     check_content_length(b"not-a-number", 10)
     with pytest.raises(UploadTooLargeError) as info:
         check_content_length(b"11", 10)
-    assert info.value.status_code == 413
-
-
-def test_read_limited_stops_at_the_limit() -> None:
-    body = CountingBody(10 * LIMIT)
-    with pytest.raises(UploadTooLargeError):
-        asyncio.run(read_limited(body, LIMIT))
-    assert body.sent <= LIMIT + CHUNK
-    small = CountingBody(LIMIT)
-    assert len(asyncio.run(read_limited(small, LIMIT))) == LIMIT
-
-
-def test_read_limited_sync() -> None:
-    assert read_limited_sync(io.BytesIO(b"x" * LIMIT), LIMIT) == b"x" * LIMIT
-    big = io.BytesIO(b"x" * (10 * LIMIT))
-    with pytest.raises(UploadTooLargeError):
-        read_limited_sync(big, LIMIT, chunk_size=CHUNK)
-    assert big.tell() <= LIMIT + CHUNK
+    assert from_audio_error(info.value).status == 413
 
 
 async def _post(app: FastAPI, path: str, **kwargs: object) -> httpx.Response:

@@ -1,5 +1,5 @@
-"""service.audio against hostile uploads (issue 14): inputs that make FFmpeg open other
-files or sockets, headers that lie, absurd sample rates, non-finite samples.
+"""The audio front end (``model.audio``) against hostile uploads (issue 14): inputs that make
+FFmpeg open other files or sockets, headers that lie, absurd sample rates, non-finite samples.
 
 Every test here failed before its fix; docs/reliability.md lists them.
 """
@@ -16,20 +16,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.audio import (
+from model.audio import (
     ALLOWED_CONTAINERS,
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
-    TARGET_RATE,
+    SAMPLE_RATE,
     AudioTooLongError,
     InvalidAudioError,
     UnsupportedAudioError,
     decode_audio,
     sniff_format,
 )
+from service.errors import from_audio_error
 
 
-def tone(seconds: float, rate: int = TARGET_RATE) -> np.ndarray:
+def tone(seconds: float, rate: int = SAMPLE_RATE) -> np.ndarray:
     return (0.3 * np.sin(np.arange(int(seconds * rate)) / 5)).astype(np.float32)
 
 
@@ -38,7 +39,7 @@ def secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A WAV on the "server", by the relative path FFmpeg's concat demuxer accepts."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recordings").mkdir()
-    sf.write(tmp_path / "recordings" / "secret.wav", tone(2.0), TARGET_RATE)
+    sf.write(tmp_path / "recordings" / "secret.wav", tone(2.0), SAMPLE_RATE)
     return "recordings/secret.wav"
 
 
@@ -116,15 +117,15 @@ def test_aiff_and_caf_and_adts_decode(tmp_path: Path) -> None:
     x = tone(1.0)
     for fmt, name in (("AIFF", "aiff"), ("CAF", "caf")):
         buf = io.BytesIO()
-        sf.write(buf, x, TARGET_RATE, format=fmt, subtype="PCM_16")
+        sf.write(buf, x, SAMPLE_RATE, format=fmt, subtype="PCM_16")
         decoded = decode_audio(buf.getvalue())
         assert decoded.format == name and abs(decoded.duration - 1.0) < 0.01
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="adts") as out:
-        stream = out.add_stream("aac", rate=TARGET_RATE, layout="mono")
+        stream = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         assert isinstance(stream, av.audio.stream.AudioStream)
         frame = av.AudioFrame.from_ndarray(x[None, :], format="flt", layout="mono")
-        frame.sample_rate = TARGET_RATE
+        frame.sample_rate = SAMPLE_RATE
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
     decoded = decode_audio(buf.getvalue())
@@ -153,7 +154,7 @@ def test_broken_wav_headers_are_415(header: dict[str, int]) -> None:
         decode_audio(riff_wav(data=b"\0" * 3200, **header))
 
 
-def flac_of_unknown_length(samples: np.ndarray, rate: int = TARGET_RATE) -> bytes:
+def flac_of_unknown_length(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
     """A FLAC as an encoder writing to a pipe leaves it: STREAMINFO's total samples and
     MD5 are 0 (the encoder could not seek back to fill them in)."""
     buf = io.BytesIO()
@@ -180,12 +181,12 @@ def test_non_finite_samples_are_400_saying_so() -> None:
     x = tone(2.0)
     for bad in (np.nan, np.inf):
         y = x.copy()
-        y[int(0.5 * TARGET_RATE) :: 100] = bad  # 1 % of the samples from 0.5 s on
+        y[int(0.5 * SAMPLE_RATE) :: 100] = bad  # 1 % of the samples from 0.5 s on
         buf = io.BytesIO()
-        sf.write(buf, y, TARGET_RATE, format="WAV", subtype="FLOAT")
+        sf.write(buf, y, SAMPLE_RATE, format="WAV", subtype="FLOAT")
         with pytest.raises(InvalidAudioError) as info:
             decode_audio(buf.getvalue())
-        assert info.value.status_code == 400 and info.value.code == "invalid_audio"
+        assert from_audio_error(info.value).status == 400 and info.value.code == "invalid_audio"
         assert "NaN or infinite" in info.value.message and "0.500 s" in info.value.message
 
 
@@ -223,7 +224,7 @@ def test_duration_limit_holds_while_decoding_a_header_that_lies() -> None:
     # A WAV whose data chunk claims 4 s but holds 20 s: counted while reading.
     data = bytearray(riff_wav(data=(tone(20.0) * 32767).astype("<i2").tobytes()))
     size_at = data.index(b"data") + 4
-    data[size_at : size_at + 4] = struct.pack("<I", 4 * TARGET_RATE * 2)
+    data[size_at : size_at + 4] = struct.pack("<I", 4 * SAMPLE_RATE * 2)
     try:
         decoded = decode_audio(bytes(data), max_duration=10)
     except AudioTooLongError:

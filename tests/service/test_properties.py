@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.audio import (
-    MAX_CHANNELS,
+from model.audio import (
+    MAX_PCM_CHANNELS,
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     AudioError,
@@ -30,7 +30,7 @@ from service.audio import (
     decode_audio,
     decode_pcm,
 )
-from service.errors import ApiError
+from service.errors import ApiError, from_audio_error
 from service.formats import GRANULARITIES, RESPONSE_FORMATS
 from service.routers.transcriptions import KNOWN_FIELDS, TranscriptionParams, parse_params
 from tests.service.test_audio import ENCODINGS, encode, wav_bytes
@@ -68,7 +68,7 @@ def check_decoded(call: object, *args: object) -> DecodedAudio | None:
     try:
         out = call(*args)  # type: ignore[operator]
     except AudioError as exc:
-        assert 400 <= exc.status_code < 500, exc
+        assert 400 <= from_audio_error(exc).status < 500, exc
         assert exc.message and len(exc.message) < MAX_MESSAGE, exc.message
         return None
     assert isinstance(out, DecodedAudio)
@@ -118,13 +118,13 @@ def test_valid_files_with_bytes_replaced_and_cut(
         st.integers(min_value=-1, max_value=400_000),
         st.sampled_from([MIN_SAMPLE_RATE, 16_000, 44_100, MAX_SAMPLE_RATE]),
     ),
-    channels=st.integers(min_value=-1, max_value=MAX_CHANNELS + 2),
+    channels=st.integers(min_value=-1, max_value=MAX_PCM_CHANNELS + 2),
 )
 def test_raw_pcm(data: bytes, rate: int, channels: int) -> None:
     out = check_decoded(decode_pcm, data, rate, channels, MAX_SECONDS)
     valid = (
         MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE
-        and 1 <= channels <= MAX_CHANNELS
+        and 1 <= channels <= MAX_PCM_CHANNELS
         and len(data) > 0
         and len(data) % (2 * channels) == 0
     )

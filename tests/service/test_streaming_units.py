@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from model.audio import (
+    InvalidAudioError,
+    InvalidAudioParameterError,
+    PcmConverter,
+    PcmFormat,
+    UnsupportedAudioError,
+)
 from model.decoding import Transcript, Word
 from service.engine import DecodeOptions, TranscriptionResult
 from service.streaming.endpointer import (
@@ -21,7 +28,6 @@ from service.streaming.endpointer import (
     SpeechEnded,
     SpeechStarted,
 )
-from service.streaming.pcm import PcmConverter, PcmFormat, PcmFormatError
 from service.streaming.session import (
     Final,
     Partial,
@@ -154,15 +160,15 @@ def test_g711_matches_the_standard_tables() -> None:
 def test_unsupported_formats_are_refused_with_what_is_accepted(
     encoding: str, rate: int, channels: int
 ) -> None:
-    with pytest.raises(PcmFormatError, match="use one of|must be"):
+    with pytest.raises(InvalidAudioParameterError, match="use one of|must be"):
         PcmFormat.parse(encoding, rate, channels)
 
 
 def test_bad_frames_are_refused() -> None:
-    with pytest.raises(PcmFormatError, match="not a whole number"):
+    with pytest.raises(UnsupportedAudioError, match="not a whole number"):
         PcmConverter(PcmFormat.parse("pcm16", RATE)).convert(b"\x00\x01\x02")
     nan = np.array([0.0, np.nan], dtype="<f4").tobytes()
-    with pytest.raises(PcmFormatError, match="NaN"):
+    with pytest.raises(InvalidAudioError, match="NaN"):
         PcmConverter(PcmFormat.parse("float32", RATE)).convert(nan)
 
 

@@ -1,6 +1,9 @@
-"""Audio files in and out: soundfile first, PyAV (FFmpeg) for what libsndfile cannot read.
+"""Audio files in and out for the trainer.
 
-Everything returned is float32 mono; ``load_audio`` also resamples to 16 kHz.
+Reading goes through the service's front end (``model.audio``): the same containers, the
+same downmix (mean of the channels) and the same resampler to 16 kHz, so the trainer and
+``lass train evaluate`` hear what the service hears. Writing (``write_audio``) encodes
+test and import fixtures.
 """
 
 from __future__ import annotations
@@ -8,23 +11,30 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
-SAMPLE_RATE = 16_000
+from model.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    UnsupportedAudioError,
+    decode_file,
+    open_container,
+    sniff_source,
+)
 
-
-class AudioError(ValueError):
-    """An audio file that cannot be read; the message names the file."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioError",
+    "AudioInfo",
+    "audio_info",
+    "load_audio",
+    "read_audio",
+    "write_audio",
+]
 
 
 @dataclass(frozen=True)
@@ -60,76 +70,61 @@ def _wav_truncated(path: Path) -> bool:
 
 
 def audio_info(path: Path | str) -> AudioInfo:
-    """Header facts (rate, channels, length) without decoding the whole file where possible."""
+    """Header facts (rate, channels, length) without decoding the whole file where possible.
+
+    Only for what ``model.audio`` decodes (its allowed containers, sniffed from the bytes;
+    others: AudioError): headers through libsndfile where it reads them, else through the
+    container's one FFmpeg demuxer.
+    """
     path = Path(path)
     if not path.is_file():
-        raise AudioError(path, "no such file")
+        raise AudioError("no such file", path=path)
     try:
-        info = sf.info(str(path))
+        with path.open("rb") as f:
+            _, fmt = sniff_source(f)
+            if fmt is None:
+                raise UnsupportedAudioError("not an audio format lass reads")
+            try:
+                info = sf.info(f)
+            except sf.LibsndfileError:
+                f.seek(0)
+                return _pyav_info(f, fmt)
         truncated = _wav_truncated(path) if info.format == "WAV" else False
         return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), truncated)
-    except sf.LibsndfileError:
-        pass
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise AudioError(path, "no audio stream")
-            stream = container.streams.audio[0]
-            rate = int(stream.rate or stream.codec_context.sample_rate or 0)
-            channels = int(stream.codec_context.channels or 1)
-            if stream.duration is not None and stream.time_base is not None:
-                frames = round(float(stream.duration * stream.time_base) * rate)
-            elif container.duration is not None:
-                frames = round(container.duration / av.time_base * rate)
-            else:  # no duration in the header: decode to count
-                frames = sum(fr.samples for fr in container.decode(stream))
-            return AudioInfo(rate, channels, frames)
+    except AudioError as exc:
+        exc.path = path
+        raise
     except av.FFmpegError as exc:
-        raise AudioError(path, f"unreadable audio ({exc})") from exc
+        raise AudioError(f"unreadable audio ({exc.strerror or 'invalid data'})", path=path) from exc
+
+
+def _pyav_info(source: BinaryIO, fmt: str) -> AudioInfo:
+    with open_container(source, fmt) as container:
+        if not container.streams.audio:
+            raise UnsupportedAudioError("no audio stream")
+        stream = container.streams.audio[0]
+        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+        channels = int(stream.codec_context.channels or 1)
+        if stream.duration is not None and stream.time_base is not None:
+            frames = round(float(stream.duration * stream.time_base) * rate)
+        elif container.duration is not None:
+            frames = round(container.duration / av.time_base * rate)
+        else:  # no duration in the header: decode to count
+            frames = sum(fr.samples for fr in container.decode(stream))
+        return AudioInfo(rate, channels, frames)
 
 
 def read_audio(path: Path | str) -> tuple[np.ndarray, int]:
-    """Decode a file to float32 mono ``[T]`` at its own sample rate (channels averaged)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(path, "no such file")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        return np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(rate)
-    except sf.LibsndfileError:
-        pass
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise AudioError(path, "no audio stream")
-            stream = container.streams.audio[0]
-            rate = int(stream.rate or stream.codec_context.sample_rate)
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            chunks = [
-                out.to_ndarray().reshape(-1)
-                for frame in container.decode(stream)
-                for out in resampler.resample(frame)
-            ]
-            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    except av.FFmpegError as exc:
-        raise AudioError(path, f"unreadable audio ({exc})") from exc
-    if not chunks:
-        return np.zeros(0, dtype=np.float32), rate
-    return np.concatenate(chunks).astype(np.float32), rate
-
-
-def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling of a mono float32 signal ``[T]`` to ``target`` Hz."""
-    if rate == target or samples.size == 0:
-        return samples
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(samples)), rate, target)
-    return out.numpy().astype(np.float32)
+    """Decode a file to float32 mono ``[T]`` at its own sample rate (channels averaged,
+    ``model.audio``); AudioError names the file."""
+    decoded = decode_file(path, target_rate=None)
+    return decoded.samples, decoded.sample_rate
 
 
 def load_audio(path: Path | str, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode, downmix and resample: float32 mono ``[T]`` at ``target_rate``."""
-    samples, rate = read_audio(path)
-    return resample(samples, rate, target_rate)
+    """Decode, downmix and resample: float32 mono ``[T]`` at ``target_rate``, exactly the
+    samples the service decodes from the same file (``model.audio.decode_file``)."""
+    return decode_file(path, target_rate=target_rate).samples
 
 
 def write_audio(path: Path | str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
@@ -143,7 +138,7 @@ def write_audio(path: Path | str, samples: np.ndarray, rate: int = SAMPLE_RATE) 
         return
     codec = {".mp3": "libmp3lame", ".m4a": "aac", ".opus": "libopus", ".ogg": "libvorbis"}
     if suffix not in codec:
-        raise AudioError(path, f"no encoder for {suffix!r}")
+        raise AudioError(f"no encoder for {suffix!r}", path=path)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec[suffix], rate=rate, layout="mono")
         assert isinstance(stream, av.AudioStream)
