@@ -163,14 +163,16 @@ class LMConfig:
     """The ``[lm]`` table: how ``model.train.lm`` estimates each language's n-gram model.
 
     ``prune_singletons_from``: 0 keeps every n-gram; k (>= 2) drops the n-grams of order
-    >= k seen only once (``lmplz --prune 0 0 1`` is k = 3). ``binary``: convert to KenLM's
-    binary format when ``build_binary`` is available, else keep the ARPA.
+    >= k seen only once (``lmplz --prune 0 0 1`` is k = 3). ``binary``: write KenLM's
+    8-bit quantised trie (``build_binary -q 8 -b 8 trie``) when ``build_binary`` is found;
+    off, or without it, the ARPA. Off by default: LMs were ARPA everywhere until
+    ``scripts/build-kenlm.sh`` put ``build_binary`` in reach.
     """
 
     # KenLM loads bigram models and up; pip's kenlm is compiled with KENLM_MAX_ORDER=6.
     order: Annotated[Int, Field(ge=2, le=6)] = 3
     prune_singletons_from: Int = 0
-    binary: Bool = True
+    binary: Bool = False
 
     @field_validator("prune_singletons_from")
     @classmethod
