@@ -7,36 +7,16 @@ over its own alphabet only. Index 0 is the CTC blank; ``" "`` separates words.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.text import SEPARATOR
+from model.text import normalize as normalize_text
+
 BLANK = "<blank>"
-SPACE = " "
-_APOSTROPHES = str.maketrans({"’": "'", "ʼ": "'", "`": "'", "´": "'"})
+SPACE = SEPARATOR
 _SPACES = re.compile(r"\s+")
-
-
-def _is_text_char(ch: str) -> bool:
-    """Letters, combining marks and the apostrophe are transcribed; the rest is not."""
-    return ch == "'" or unicodedata.category(ch)[0] in ("L", "M")
-
-
-def basic_normalize(text: str) -> str:
-    """NFC, lowercase, punctuation and symbols to spaces, collapsed spaces, stripped.
-
-    Digits and other non-letters are dropped (the speech says them as words, the
-    transcript should spell them out before it gets here).
-    """
-    text = unicodedata.normalize("NFC", text).lower().translate(_APOSTROPHES)
-    out = []
-    for ch in text:
-        if _is_text_char(ch):
-            out.append(ch)
-        elif ch.isspace() or unicodedata.category(ch)[0] in ("P", "S", "Z"):
-            out.append(" ")
-    return _SPACES.sub(" ", "".join(out)).strip()
 
 
 @dataclass
@@ -62,12 +42,13 @@ class Vocabulary:
 
     @classmethod
     def build(cls, texts_by_language: Mapping[str, Iterable[str]]) -> Vocabulary:
-        """Collect each language's characters from its texts (after :func:`basic_normalize`)."""
+        """Collect each language's characters from its texts (after
+        :func:`model.text.normalize`: letters, combining marks, in-word apostrophes)."""
         alphabets: dict[str, list[str]] = {}
         for lang, texts in texts_by_language.items():
             chars = {SPACE}
             for text in texts:
-                chars.update(basic_normalize(text))
+                chars.update(normalize_text(text))
             alphabets[lang] = sorted(chars)
         union = sorted(set().union(*alphabets.values()) - {SPACE}) if alphabets else []
         return cls(tokens=[BLANK, SPACE, *union], alphabets=alphabets)
@@ -87,10 +68,9 @@ class Vocabulary:
             raise KeyError(f"language {language!r} has no alphabet in this vocabulary") from None
 
     def normalize(self, text: str, language: str) -> str:
-        """:func:`basic_normalize`, then drop characters outside the language's alphabet."""
-        allowed = set(self._alphabet(language))
-        kept = "".join(ch for ch in basic_normalize(text) if ch in allowed)
-        return _SPACES.sub(" ", kept).strip()
+        """:func:`model.text.normalize` with the characters outside the language's alphabet
+        dropped: the words this language's decoder can spell."""
+        return normalize_text(text, alphabet=set(self._alphabet(language)))
 
     def encode(self, text: str, language: str) -> list[int]:
         """Token ids of ``text`` as given (normalize first); ValueError names a foreign char."""
@@ -179,13 +159,13 @@ class ColumnVocabulary:
         return max(self.language_token_ids(language)) + 1
 
     def normalize(self, text: str, language: str) -> str:
-        """:func:`basic_normalize`, then drop characters outside the language's alphabet."""
+        """:func:`model.text.normalize` with the characters outside the language's alphabet
+        dropped: the words this language's decoder can spell."""
         try:
             allowed = set(self.alphabets[language])
         except KeyError:
             raise KeyError(f"language {language!r} has no alphabet in this vocabulary") from None
-        kept = "".join(ch for ch in basic_normalize(text) if ch in allowed)
-        return _SPACES.sub(" ", kept).strip()
+        return normalize_text(text, alphabet=allowed)
 
     def with_language(
         self, language: str, alphabet: Sequence[str], new_tokens: Sequence[str]

@@ -29,17 +29,16 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.atomic import atomic_write_text, atomic_writer
+from model.text import normalize as normalize_text
 from model.train.config import LMConfig  # the [lm] table; 0 = no pruning
 
 BOS = "<s>"
@@ -75,17 +74,6 @@ class NGramModel:
         while len(self.log10_backoff) < n:
             self.log10_backoff.append({})
         return self.log10_backoff[n - 1]
-
-
-_PUNCT = re.compile(r"[^\w\s']", flags=re.UNICODE)
-
-
-def default_normalize(text: str) -> str:
-    """NFC, lowercase, punctuation and symbols to spaces (apostrophes kept), one space."""
-    text = unicodedata.normalize("NFC", text).lower()
-    text = _PUNCT.sub(" ", text.replace("_", " "))
-    words = [w.strip("'") for w in text.split()]
-    return " ".join(w for w in words if w)
 
 
 def _sentences(lines: Iterable[str], normalize: Callable[[str], str]) -> list[list[str]]:
@@ -156,7 +144,7 @@ def _kept(raw: list[Counter[NGram]], prune_from: int) -> list[set[NGram]]:
 def estimate(
     lines: Iterable[str],
     config: LMConfig | None = None,
-    normalize: Callable[[str], str] = default_normalize,
+    normalize: Callable[[str], str] = normalize_text,
 ) -> NGramModel:
     """Estimate an interpolated modified Kneser-Ney model from text, one sentence a line."""
     config = config or LMConfig()
@@ -278,15 +266,17 @@ def build_lm(
     order: int = LMConfig.order,
     prune_singletons_from: int = LMConfig.prune_singletons_from,
     binary: bool = LMConfig.binary,
-    normalize: Callable[[str], str] = default_normalize,
+    normalize: Callable[[str], str] = normalize_text,
 ) -> Path:
     """Build a word n-gram LM from text (a file path, or lines) and return the file written.
 
         ``out_path`` names the result: with ``binary`` and ``build_binary`` available it gets a
         ``.bin`` suffix, its words go to ``<name>.bin.unigrams.txt`` (``unigrams_path``; decoders
     read it) and the ARPA is removed; otherwise the result gets ``.arpa``.
-        ``normalize`` maps a line to space-separated words (pass the vocabulary's normalizer
-        so that LM words use exactly the decoder's alphabet).
+        ``normalize`` maps a line to space-separated words; the default,
+        :func:`model.text.normalize`, splits them as the decoder does (combining marks stay
+        inside words). Idempotent, so lines the vocabulary already normalised (its
+        alphabet's characters only) keep their words.
     """
     config = LMConfig(order=order, prune_singletons_from=prune_singletons_from, binary=binary)
     if isinstance(text, str | Path):

@@ -109,6 +109,9 @@ def test_folder_importer(tmp_path: Path, speech: dict[str, list[Utterance]]) -> 
 def test_normalize_transcript() -> None:
     assert normalize_transcript("  L’Homme, qu'il «aime»!  ") == "l'homme qu'il aime"
     assert normalize_transcript("'Quoted' text") == "quoted text"
+    # Numerals stay for validation to report; combining marks stay inside their words.
+    assert normalize_transcript("Route 66") == "route 66"
+    assert normalize_transcript("Пра\u0301вда, हिन्दी!") == "пра\u0301вда हिन्दी"
 
 
 def test_import_commands_write_manifests(

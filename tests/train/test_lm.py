@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import math
 import random
+import unicodedata
 from pathlib import Path
 
 import kenlm
 import pytest
+import torch
 
+from model.decoding import greedy_decode_one
 from model.train.lm import (
     LMConfig,
     LMError,
     build_lm,
-    default_normalize,
     estimate,
     find_build_binary,
     read_arpa_counts,
     unigrams_path,
 )
+from model.vocab import Vocabulary
 
 CORPUS = [
     "the cat sat on the mat",
@@ -122,7 +125,6 @@ def test_text_file_input_and_normalisation(tmp_path: Path) -> None:
     }
     assert {"the", "cat", "sat", "on", "mat", "don't", "stop", "here"} <= unigrams
     assert not any(ch in "".join(unigrams) for ch in ",.!“”—_")
-    assert default_normalize("  Hello,   WORLD ") == "hello world"
     custom = build_lm(["ABC def"], tmp_path / "c", order=2, binary=False, normalize=lambda s: s)
     assert "\tABC" in custom.read_text()
 
@@ -153,3 +155,47 @@ def test_binary_when_build_binary_is_available(tmp_path: Path) -> None:
     for sentence in CORPUS:
         assert a.score(sentence) == pytest.approx(b.score(sentence), abs=1e-4)
     assert math.isfinite(a.score("unknown words here"))
+
+
+# Letters with combining marks (Unicode M*) that NFC cannot fold into one code point:
+# Russian stress marks (U+0301); Devanagari vowel signs, virama, nukta and candrabindu;
+# Lithuanian e with dot above and tilde. French decomposed e + U+0301 composes to one letter.
+MARKED = {
+    "ru": ["Он сказа\u0301л пра\u0301вду.", "Пра\u0301вда дороже зо\u0301лота!"],
+    "hi": ["हिन्दी बोलो।", "मैं किताब पढ़ता हूँ"],
+    "lt": ["Ė\u0303 ir ė\u0303 vėl", "ne ta\u0303 pati"],
+    "fr": ["Le cafe\u0301 du the\u0301a\u0302tre", "l'e\u0301te\u0301"],
+}
+
+
+def _greedy_words(vocab: Vocabulary, text: str, language: str) -> list[str]:
+    """The words the CTC decoder emits for logits that spell ``text`` (one frame per
+    character, a blank between)."""
+    ids = vocab.encode(text, language)
+    logits = torch.full((2 * len(ids) + 1, len(vocab)), -10.0)
+    logits[:, 0] = 0.0
+    for i, token in enumerate(ids):
+        logits[2 * i + 1, token] = 10.0
+    return [w.word for w in greedy_decode_one(logits, language, vocab).words]
+
+
+@pytest.mark.parametrize("language", sorted(MARKED))
+def test_lm_words_are_the_decoders_words_in_scripts_with_combining_marks(
+    tmp_path: Path, language: str
+) -> None:
+    lines = MARKED[language]
+    vocab = Vocabulary.build({language: lines})
+    # The trainer's LM path: lm_text normalises to the alphabet, build_lm splits into words.
+    text = [vocab.normalize(line, language) for line in lines]
+    path = build_lm(text, tmp_path / language, order=2, binary=False)
+    lm_words = {
+        fields[1]
+        for fields in (line.split("\t") for line in path.read_text(encoding="utf-8").splitlines())
+        if len(fields) > 1 and " " not in fields[1]
+    } - {"<s>", "</s>", "<unk>"}
+    decoded = [_greedy_words(vocab, line, language) for line in text]
+    assert lm_words == {w for words in decoded for w in words}, language
+    # The sentences the LM counted are the decoder's word sequences.
+    assert [line.split(" ") for line in text] == decoded
+    if language != "fr":  # French composes to single letters; the others keep their marks
+        assert any(unicodedata.category(ch).startswith("M") for ch in "".join(lm_words))

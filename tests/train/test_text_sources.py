@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from model.text import normalize
 from model.train.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from model.train.data.text_sources import (
     EXTRA_SOURCES,
@@ -12,6 +13,7 @@ from model.train.data.text_sources import (
     TextSource,
     clean_sentences,
     load_language_text,
+    normalize_sentence,
     package_files,
     package_version,
     pool_sha256,
@@ -82,3 +84,19 @@ def test_the_corpus_records_package_versions_and_the_pool_hash(tmp_path: Path) -
     assert source["sentences_available"] == len(sentences)
     assert source["pool_sha256"] == pool_sha256(sentences)
     assert package_version("no-such-package-lass") is None
+
+
+def test_sentences_are_the_shared_normalisers_text_or_refused() -> None:
+    kept = ["L‘homme qu’il «aime», don't!", "'Quoted' words; here…", "Ну, пра-вда?"]
+    for raw, script in zip(kept, ("LATIN", "LATIN", "CYRILLIC"), strict=True):
+        assert normalize_sentence(raw, script) == normalize(raw), raw
+    # What the shared normaliser would change silently is refused: digits, symbols, format
+    # characters, letters of another script, combining marks (the recorded pools have none).
+    for raw in (
+        "in 1999 it was",
+        "a ° b",
+        "soft\u00adhyphen here",
+        "le café grec α",
+        "пра\u0301вда",
+    ):
+        assert normalize_sentence(raw, "CYRILLIC" if "пра" in raw else "LATIN") is None, raw

@@ -9,27 +9,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from model.atomic import atomic_write_text
+from model.text import normalize as normalize_text
 from model.train.data.audio_io import AudioError, audio_info
 from model.train.data.manifest import ManifestEntry, ManifestError, write_manifest
 from model.train.data.validate import EMPTY_TEXT, MISSING_FILE, TRUNCATED, UNREADABLE, DataReport
 
 SPLITS = ("train", "dev", "test")
 
-_APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "ʼ": "'"})
-
 
 def normalize_transcript(text: str) -> str:
-    """NFC, lowercase, punctuation to spaces (in-word apostrophes kept), spaces collapsed."""
-    s = unicodedata.normalize("NFC", text).translate(_APOSTROPHES).lower()
-    s = "".join(ch if ch.isalnum() or ch in " '" else " " for ch in s)
-    s = re.sub(r"(?<!\w)'|'(?!\w)", " ", s)
-    return re.sub(r"\s+", " ", s).strip()
+    """:func:`model.text.normalize`, numerals kept: a transcript with digits is reported
+    by validation (spell them out), not silently changed into other words."""
+    return normalize_text(text, numerals=True)
 
 
 def _entry_for(

@@ -31,6 +31,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.text import APOSTROPHE, SEPARATOR, canonical, is_word_char
+from model.text import normalize as normalize_text
+
 FORTUNES = Path("/usr/share/games/fortunes")
 MANPAGES = Path("/usr/share/man")
 
@@ -287,7 +290,6 @@ class CleaningConfig:
 # yields a short fragment, which the word-count filter then drops.
 _SENTENCE_END = re.compile(r"(?<=[.!?;:…])\s+|\s+[-–—]\s+")
 _BAD = re.compile(r"\d|https?:|www\.|@|\.[a-z]{2,4}/|[/\\<>{}\[\]|_=+*#$%^~`&§]")
-_APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'", "ʼ": "'"})
 # Punctuation that may stand around words; removed before the text is kept.
 _PUNCT = re.compile(r"[.,!?;:…\"«»„“”‚()¡¿\-–—]")
 
@@ -299,19 +301,27 @@ def split_sentences(document: str) -> list[str]:
 
 
 def normalize_sentence(sentence: str, script: str) -> str | None:
-    """The cleaned, lowercase sentence, or None when it is not speakable plain text."""
-    s = unicodedata.normalize("NFC", sentence).translate(_APOSTROPHES)
+    """The sentence as :func:`model.text.normalize` writes it, or None when it is not
+    speakable plain text: only letters of ``script``, apostrophes, whitespace and the
+    punctuation in ``_PUNCT`` may occur."""
+    # Checked before lower-casing, as the recorded pools were: _BAD's patterns are lower
+    # case, so "HTTP: ..." passes (and loses its colon) where "http: ..." does not.
+    s = canonical(sentence)
     if _BAD.search(s):
         return None
-    s = _PUNCT.sub(" ", s).lower()
-    # Apostrophes only inside words (l'homme, don't); quotes around words go.
-    s = re.sub(r"(?<!\w)'|'(?!\w)", " ", s)
-    s = re.sub(r"\s+", " ", s).strip()
+    s = _PUNCT.sub(" ", s)
+    # The shared normaliser would turn other punctuation and symbols into spaces and drop
+    # digits and format characters: such a sentence is not plain text, refused here.
+    if not all(ch.isspace() or ch == APOSTROPHE or is_word_char(ch) for ch in s):
+        return None
+    s = normalize_text(s)
     if not s:
         return None
     for ch in s:
-        if ch in " '":
+        if ch in (SEPARATOR, APOSTROPHE):
             continue
+        # Combining marks are refused too (the normaliser keeps them in words): the recorded
+        # pools, and the seeded splits drawn from them, were made by this rule.
         if not ch.isalpha():
             return None
         if not unicodedata.name(ch, "").startswith(script):
