@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "service": "bench.service",
     "decoding": "bench.decoding",
     "audio-io": "bench.audio_io",
+    "audio-skew": "bench.audio_skew",
     "vad": "bench.vad",
     "lid": "bench.lid_cost",
     "stream": "bench.stream",
