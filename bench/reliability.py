@@ -4,6 +4,9 @@
     python -m bench.reliability overload --factor 3 --seconds 60
     python -m bench.reliability soak --fraction 0.7 --seconds 600
     python -m bench.reliability slowloris --connections 200 --seconds 60
+    python -m bench.reliability fairness --long-seconds 600
+    python -m bench.reliability silence --silence-seconds 1790
+    python -m bench.reliability faults --server-env LASS_FAULTS=forward:de,decode:es,oom:2
 
 Each starts its own ``lass serve`` on the default bundle (``--server-env K=V`` for its
 settings; ``LASS_COMPILE=off`` unless given, compiling takes minutes on a CPU) or loads
@@ -23,6 +26,14 @@ uploads with a language. The last line printed is JSON; docs/reliability.md has 
 - ``slowloris``: the latency of sequential normal requests before, during and after
   ``--connections`` clients that send a request line and then one header byte a second
   (reconnecting when cut), with the server's open descriptors and rejection counters.
+- ``fairness``: one request of ``--long-seconds`` of speech (the clips over and over), and
+  while it runs, ``--requests`` short clips one after another: their latency against the
+  idle latency, and the long request's own time.
+- ``silence``: ``--silence-seconds`` of silence between two clips, as FLAC (tiny): its
+  time and the server's ``lass_silence_skipped_seconds_total``.
+- ``faults``: ``--requests`` rounds of one concurrent request per language against a
+  server started with ``LASS_FAULTS`` (service/faults.py): statuses per language and the
+  server's ``lass_engine_faults_total`` by kind.
 """
 
 from __future__ import annotations
@@ -240,6 +251,27 @@ async def idle_latency(base: str, clips: Sequence[Clip], n: int = 10) -> float:
     return statistics.median(o.latency_s for o in latencies if o.status == 200)
 
 
+def concatenated(clips: Sequence[Clip], seconds: float, gap_s: float = 0.5) -> Clip:
+    """The clips one after another, ``gap_s`` of silence between, up to ``seconds``: long
+    speech with pauses, as a 16-bit WAV (``language`` is the first clip's: the model is
+    asked for one language, which is what a long upload does)."""
+    import numpy as np
+
+    rate = 16_000
+    parts: list[Any] = []
+    total = 0
+    gap = np.zeros(int(gap_s * rate), dtype=np.float32)
+    clip = clips[0]
+    audio, _ = sf.read(io.BytesIO(clip.wav), dtype="float32")
+    while total < seconds * rate:
+        parts += [audio, gap]
+        total += len(audio) + len(gap)
+    samples = np.concatenate(parts)[: int(seconds * rate)]
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    return Clip(clip.language, buf.getvalue(), len(samples) / rate)
+
+
 # ---------------------------------------------------------------------------- commands
 
 
@@ -401,9 +433,93 @@ async def slowloris(args: argparse.Namespace, base: str, clips: Sequence[Clip]) 
     }
 
 
+async def fairness(args: argparse.Namespace, base: str, clips: Sequence[Clip]) -> dict[str, Any]:
+    idle = await idle_latency(base, clips)
+    long = concatenated(clips, args.long_seconds)
+    t0 = time.monotonic()
+    async with httpx.AsyncClient() as client:
+        long_task = asyncio.create_task(one_request(client, base, long, t0))
+        await asyncio.sleep(1.0)
+        short: list[Outcome] = []
+        for i in range(args.requests):
+            if long_task.done():
+                break
+            short.append(await one_request(client, base, clips[i % len(clips)], t0))
+        long_outcome = await long_task
+    during = [o.latency_s for o in short if o.status == 200]
+    return {
+        "idle_latency_s": round(idle, 3),
+        "long_request_s": args.long_seconds,
+        "long_status": long_outcome.status,
+        "long_latency_s": round(long_outcome.latency_s, 2),
+        "short_requests_during": len(short),
+        "short_statuses": summarize(short)["statuses"],
+        "short_median_s": _round(statistics.median(during) if during else None),
+        "short_max_s": _round(max(during, default=None)),
+    }
+
+
+async def silence(args: argparse.Namespace, base: str, clips: Sequence[Clip]) -> dict[str, Any]:
+    import numpy as np
+
+    rate = 16_000
+    speech, _ = sf.read(io.BytesIO(clips[0].wav), dtype="float32")
+    quiet = np.zeros(int(args.silence_seconds * rate), dtype=np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, np.concatenate([speech, quiet, speech]), rate, format="FLAC")
+    upload = Clip(clips[0].language, buf.getvalue(), len(quiet) / rate + 2 * clips[0].seconds)
+    before = scrape(base, ["lass_silence_skipped_seconds_total"])
+    async with httpx.AsyncClient() as client:
+        start = time.monotonic()
+        response = await client.post(
+            base + URL_PATH,
+            files={"file": ("a.flac", upload.wav, "audio/flac")},
+            data={"language": upload.language},
+            timeout=CLIENT_TIMEOUT_S,
+        )
+        took = time.monotonic() - start
+    after = scrape(base, ["lass_silence_skipped_seconds_total"])
+    return {
+        "upload_bytes": len(upload.wav),
+        "audio_s": round(upload.seconds, 1),
+        "status": response.status_code,
+        "latency_s": round(took, 2),
+        "skipped_s": round(_delta(before, after).get("lass_silence_skipped_seconds_total", 0), 1),
+        "text": response.json().get("text") if response.status_code == 200 else response.text,
+    }
+
+
+async def faults(args: argparse.Namespace, base: str, clips: Sequence[Clip]) -> dict[str, Any]:
+    statuses: dict[str, dict[str, int]] = {c.language: {} for c in clips}
+    codes: dict[str, int] = {}
+    names = ["lass_engine_faults_total", "lass_requests_total"]
+    before = scrape(base, names)
+    async with httpx.AsyncClient() as client:
+        for _ in range(args.requests):
+            t0 = time.monotonic()
+            outcomes = await asyncio.gather(*(one_request(client, base, c, t0) for c in clips))
+            for clip, o in zip(clips, outcomes, strict=True):
+                key = str(o.status) if o.status is not None else f"lost:{o.error}"
+                statuses[clip.language][key] = statuses[clip.language].get(key, 0) + 1
+    text = httpx.get(base + "/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith("lass_engine_faults_total{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            codes[kind] = int(float(line.rsplit(" ", 1)[-1]))
+    return {
+        "rounds": args.requests,
+        "statuses_by_language": statuses,
+        "engine_faults": codes,
+        "metrics_delta": _delta(before, scrape(base, names)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["capacity", "overload", "soak", "slowloris"])
+    parser.add_argument(
+        "command",
+        choices=["capacity", "overload", "soak", "slowloris", "fairness", "silence", "faults"],
+    )
     parser.add_argument("--url", help="a running server (default: start one)")
     parser.add_argument("--server-env", action="append", default=[], help="K=V")
     parser.add_argument("--concurrency", type=int, default=16, help="capacity's clients")
@@ -414,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--connections", type=int, default=200, help="slowloris clients")
     parser.add_argument("--requests", type=int, default=20, help="slowloris: per phase")
+    parser.add_argument("--long-seconds", type=float, default=600.0, help="fairness")
+    parser.add_argument("--silence-seconds", type=float, default=1790.0, help="silence")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     random.seed(args.seed)
@@ -429,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(overload(args, base, clips))
         elif args.command == "soak":
             result = asyncio.run(soak(args, base, clips))
+        elif args.command == "fairness":
+            result = asyncio.run(fairness(args, base, clips))
+        elif args.command == "silence":
+            result = asyncio.run(silence(args, base, clips))
+        elif args.command == "faults":
+            result = asyncio.run(faults(args, base, clips))
         else:
             result = asyncio.run(slowloris(args, base, clips))
     result["command"] = " ".join(["python -m bench.reliability", *(argv or sys.argv[1:])])

@@ -1,22 +1,31 @@
 """Dynamic batcher: an async queue of work items turned into batches (pure asyncio, no torch).
 
-A work item is one utterance or one chunk of a long one, with its language (``group``).
-The scheduler loop forms a batch when the worker is free and either enough compatible
-items are pending or the oldest has waited ``max_wait_s``. A batch is anchored on the
-oldest pending item (first come, first served) and filled with the pending items whose
-lengths are closest to it (less padding) while it stays within ``max_batch_size`` and the
-padded-samples budget. Policies:
+A work item is one utterance or one piece of a long one, with its language (``group``) and
+the request (``flow``) it belongs to. What runs next is decided by :func:`plan`, a pure
+function of (pending items, policy, now), so the policy reads and tests without a loop.
 
-- ``mixed``: items of any languages share a batch (the model runs each sample through its
-  own language's sub-network); among items of similar length it prefers the languages with
-  the most pending items (``language_affinity``), so the batch holds fewer, larger
-  language groups: the masked layers run one matmul per language group;
-- ``language``: a batch holds one language only;
-- ``max_batch_size=1``: no batching.
+- **Fair between requests.** Start-time fair queueing over requests: each item gets a start
+  tag ``max(virtual time, finish tag of its request's previous item)`` and costs its
+  length, and the batch is anchored on the lowest tag. A request of 58 pieces therefore
+  takes turns with a 4-s clip that arrives after it instead of holding it behind all 58;
+  a request that keeps arriving cannot starve the others either (virtual time advances).
+- **Batches** are formed when the worker is free and either enough compatible items are
+  pending or the oldest has waited ``max_wait_s``; the anchor's batch is filled with the
+  pending items whose lengths are closest to it (less padding) while it stays within
+  ``max_batch_size`` and the padded-samples budget. ``mixed``: any languages share a batch
+  (each sample runs through its own sub-network), preferring the languages with the most
+  pending items (``language_affinity``: fewer, larger language groups); ``language``: one
+  language per batch; ``max_batch_size=1``: no batching. Items of different ``kind``
+  (``"asr"``, ``"lid"``) never share a batch.
+- **Bounded in count and in time.** At most ``max_queue_size`` items wait
+  (:class:`QueueFullError`). A request whose first item has not started within
+  ``max_queue_wait_s`` fails with :class:`QueueTimeoutError` (Triton's queue policy with
+  the REJECT action), and one whose estimated wait (the work fairly ahead of it over the
+  measured throughput) is already past that bound is refused at once, so under overload
+  the accepted requests keep a bounded latency and the rest are told to retry at once.
+  Items carry a deadline (:class:`DeadlineExceededError`) and cancelled items (client gone)
+  are dropped unrun.
 
-Items of different ``kind`` (``"asr"``, ``"lid"``) never share a batch. The queue is
-bounded (:class:`QueueFullError`), items carry a deadline (:class:`DeadlineExceededError` when it
-passes before they are scheduled) and cancelled items (client gone) are dropped unrun.
 Only one batch runs at a time: the runner owns the device.
 """
 
@@ -29,7 +38,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,8 +47,17 @@ log = logging.getLogger("lass.batcher")
 BatchMode = Literal["mixed", "language"]
 
 
-class QueueFullError(Exception):
-    """The bounded queue holds ``max_queue_size`` items already."""
+class OverloadedError(Exception):
+    """The server has more work than it can start soon: retry later."""
+
+
+class QueueFullError(OverloadedError):
+    """The bounded queue holds ``max_queue_size`` items already, or the estimated wait of
+    a new request is past ``max_queue_wait_s``."""
+
+
+class QueueTimeoutError(OverloadedError):
+    """The request waited ``max_queue_wait_s`` in the queue without starting."""
 
 
 class DeadlineExceededError(Exception):
@@ -59,6 +77,8 @@ class BatchPolicy:
     max_batch_samples: int = 160 * 16_000  # padded samples per batch: B * longest item
     max_wait_s: float = 0.01
     max_queue_size: int = 256
+    # A request's first item must start within this many seconds (0 = no bound).
+    max_queue_wait_s: float = 0.0
     # mixed mode: among items of similar length (same bucket), prefer the languages with
     # the most pending items, so a batch holds fewer, larger language groups.
     language_affinity: bool = True
@@ -69,8 +89,8 @@ class BatchPolicy:
             raise ValueError(f"mode must be 'mixed' or 'language', not {self.mode!r}")
         if self.max_batch_size < 1 or self.max_batch_samples < 1 or self.max_queue_size < 1:
             raise ValueError("max_batch_size, max_batch_samples, max_queue_size must be >= 1")
-        if self.max_wait_s < 0:
-            raise ValueError("max_wait_s must be >= 0")
+        if self.max_wait_s < 0 or self.max_queue_wait_s < 0:
+            raise ValueError("max_wait_s and max_queue_wait_s must be >= 0")
 
 
 # The ways a batch policy can run pending work, in the order preferred on a tie: mixed
@@ -114,10 +134,12 @@ def policy_for_way(policy: BatchPolicy, way: str) -> BatchPolicy:
 
 @dataclass(eq=False)
 class WorkItem:
-    """One unit of model work: an utterance or a chunk of one.
+    """One unit of model work: an utterance or a piece of one.
 
     ``payload`` is opaque to the batcher (the engine puts the samples there);
-    ``num_samples`` is the item's length, used for grouping and the padding budget.
+    ``num_samples`` is the item's length, used for grouping, the padding budget and the
+    fair share. ``flow`` names the request it belongs to (items of one flow take turns
+    with other flows'; empty = a flow of its own).
     """
 
     payload: Any
@@ -125,8 +147,11 @@ class WorkItem:
     group: str
     kind: str = "asr"
     deadline: float = math.inf
-    request_id: str = ""
+    flow: str = ""
+    # Set by Batcher.submit.
     enqueued_at: float = 0.0
+    queue_deadline: float = math.inf
+    start_tag: float = 0.0
     future: asyncio.Future[Any] = field(init=False, repr=False)
 
 
@@ -162,12 +187,103 @@ class Batch:
         return sorted({item.group for item in self.items})
 
 
+# ------------------------------------------------------------------ the policy, pure
+@dataclass(frozen=True)
+class Plan:
+    """What the scheduler does next (:func:`plan`'s answer)."""
+
+    batch: tuple[WorkItem, ...] = ()  # run these now, in queue order (empty: not yet)
+    expired: tuple[WorkItem, ...] = ()  # past their deadline: DeadlineExceededError
+    overdue: tuple[WorkItem, ...] = ()  # waited past max_queue_wait_s: QueueTimeoutError
+    wait_s: float = math.inf  # no batch: look again after this long (or on a new item)
+
+
+def _compatible(policy: BatchPolicy, anchor: WorkItem, item: WorkItem) -> bool:
+    if item.kind != anchor.kind:
+        return False
+    return policy.mode == "mixed" or item.group == anchor.group
+
+
+def _fair_key(item: WorkItem) -> tuple[float, float]:
+    return (item.start_tag, item.enqueued_at)
+
+
+def _is_full(policy: BatchPolicy, anchor: WorkItem, live: Sequence[WorkItem]) -> bool:
+    """Whether the compatible pending items already fill a batch (no reason to wait)."""
+    candidates = [it for it in live if _compatible(policy, anchor, it)]
+    if len(candidates) >= policy.max_batch_size:
+        return True
+    longest = max(it.num_samples for it in candidates)
+    return len(candidates) * longest >= policy.max_batch_samples
+
+
+def fill_batch(policy: BatchPolicy, anchor: WorkItem, others: Sequence[WorkItem]) -> list[WorkItem]:
+    """``anchor`` plus the compatible ``others`` that fit with it, in queue order: lengths
+    closest to the anchor's first (less padding), then (mixed, ``language_affinity``) the
+    languages with the most pending items, then the fair order."""
+    compatible = [it for it in others if it is not anchor and _compatible(policy, anchor, it)]
+    bucket = max(1, policy.length_bucket_samples)
+    rank: dict[str, int] = {anchor.group: 0}
+    if policy.language_affinity:
+        # Fewer, larger language groups inside the batch: the masked layers run fewer,
+        # larger matmuls. The fair order breaks ties.
+        counts: dict[str, int] = {}
+        for it in compatible:
+            counts[it.group] = counts.get(it.group, 0) + 1
+        for group in sorted(counts, key=lambda g: -counts[g]):
+            rank.setdefault(group, len(rank))
+    candidates = sorted(
+        compatible,
+        key=lambda it: (
+            abs(it.num_samples - anchor.num_samples) // bucket,  # similar lengths first
+            rank.get(it.group, 0),
+            _fair_key(it),
+        ),
+    )
+    chosen = [anchor]
+    longest = anchor.num_samples
+    for item in candidates:
+        if len(chosen) >= policy.max_batch_size:
+            break
+        new_longest = max(longest, item.num_samples)
+        if (len(chosen) + 1) * new_longest > policy.max_batch_samples:
+            continue  # a shorter one further down may still fit
+        chosen.append(item)
+        longest = new_longest
+    # Queue order, so results are easy to follow in logs.
+    chosen.sort(key=lambda it: it.enqueued_at)
+    return chosen
+
+
+def plan(
+    pending: Sequence[WorkItem], policy: BatchPolicy, now: float, *, flush: bool = False
+) -> Plan:
+    """The scheduler's next step for the live (not cancelled) ``pending`` items at ``now``.
+
+    Items past their deadline or their queue-wait bound are returned to be failed. Of the
+    rest, the one with the lowest fair start tag anchors the batch; the batch is formed at
+    once when it is full, when the oldest item has waited ``max_wait_s``, or with
+    ``flush`` (draining), else ``wait_s`` says how long to wait for more items.
+    """
+    expired = tuple(it for it in pending if now > it.deadline)
+    overdue = tuple(it for it in pending if it.deadline >= now > it.queue_deadline)
+    live = [it for it in pending if now <= it.deadline and now <= it.queue_deadline]
+    if not live:
+        return Plan(expired=expired, overdue=overdue)
+    anchor = min(live, key=_fair_key)
+    oldest = min(it.enqueued_at for it in live)
+    wait_left = oldest + policy.max_wait_s - now
+    if wait_left > 0 and not flush and not _is_full(policy, anchor, live):
+        return Plan(expired=expired, overdue=overdue, wait_s=wait_left)
+    return Plan(tuple(fill_batch(policy, anchor, live)), expired, overdue)
+
+
 Runner = Callable[[Batch], Awaitable[None]]
 BatchHook = Callable[[Batch], None]
 
 
 class Batcher:
-    """Queue + scheduler loop feeding ``runner`` one batch at a time.
+    """Queue + scheduler loop feeding ``runner`` one batch at a time (:func:`plan` decides).
 
     ``runner(batch)`` must settle every item's future (result or exception); if it raises,
     the batcher fails the items it left unsettled with that exception.
@@ -192,7 +308,16 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._ids = itertools.count(1)
+        self._flows = itertools.count(1)
+        # Start-time fair queueing: virtual time (the start tag of the last anchor) and
+        # the finish tag of each request's last queued item, in samples.
+        self._vtime = 0.0
+        self._finish: dict[str, float] = {}
+        # Measured throughput (samples per second of runner time), for the wait estimate.
+        self._rate: float | None = None
+        self._batches_run = 0
         self.expired = 0
+        self.overdue = 0
 
     # --- public API -------------------------------------------------------------
     @property
@@ -204,25 +329,66 @@ class Batcher:
     def accepting(self) -> bool:
         return not self._closed
 
+    @property
+    def throughput(self) -> float | None:
+        """Samples per second of runner time (a moving average), once measured."""
+        return self._rate
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
     def submit(self, item: WorkItem) -> asyncio.Future[Any]:
-        """Queue ``item``; returns the future its result lands in.
+        """Queue ``item``; returns the future its result lands in (see :meth:`submit_all`)."""
+        return self.submit_all([item])[0]
 
-        Raises :class:`QueueFullError` or :class:`ShuttingDownError` at once instead of queueing.
+    def submit_all(self, items: Sequence[WorkItem]) -> list[asyncio.Future[Any]]:
+        """Queue ``items`` (one request's) all or none; returns their futures.
+
+        Raises :class:`QueueFullError` (no room, or the estimated wait is past
+        ``max_queue_wait_s``) or :class:`ShuttingDownError` at once instead of queueing.
         """
         if self._closed:
             raise ShuttingDownError("the server is shutting down")
-        if len(self._pending) >= self.policy.max_queue_size:
+        if len(self._pending) + len(items) > self.policy.max_queue_size:
             raise QueueFullError(f"queue holds {len(self._pending)} items")
-        item.enqueued_at = self._clock()
-        item.future = asyncio.get_running_loop().create_future()
-        self._pending.append(item)
+        now = self._clock()
+        loop = asyncio.get_running_loop()
+        tags: list[float] = []
+        finish: dict[str, float] = {}
+        for item in items:
+            flow = item.flow or f"#{next(self._flows)}"
+            start = max(self._vtime, finish.get(flow, self._finish.get(flow, 0.0)))
+            tags.append(start)
+            finish[flow] = start + item.num_samples
+        # Only the first item's wait is bounded: the later ones wait behind their own
+        # request's earlier pieces once it has started (its deadline bounds those).
+        bound = self.policy.max_queue_wait_s
+        if bound > 0 and items:
+            wait = self.estimated_wait(tags[0])
+            if wait is not None and wait > bound:
+                raise QueueFullError(
+                    f"the work ahead would take about {wait:.1f} s to start this request "
+                    f"(bound: {bound:g} s)"
+                )
+        self._finish.update(finish)
+        for k, (item, tag) in enumerate(zip(items, tags, strict=True)):
+            item.enqueued_at = now
+            item.start_tag = tag
+            item.queue_deadline = now + bound if bound > 0 and k == 0 else math.inf
+            item.future = loop.create_future()
+            self._pending.append(item)
         self._idle.clear()
         self._wake.set()
-        return item.future
+        return [item.future for item in items]
+
+    def estimated_wait(self, start_tag: float) -> float | None:
+        """Seconds until an item with ``start_tag`` would start: the pending work fairly
+        ahead of it over the measured throughput (None until a few batches have run)."""
+        if self._rate is None or self._batches_run < 3:
+            return None
+        ahead = sum(it.num_samples for it in self._pending if it.start_tag <= start_tag)
+        return ahead / self._rate
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting; with ``drain`` finish what is queued first, else fail it."""
@@ -242,92 +408,58 @@ class Batcher:
         self._idle.set()
 
     # --- scheduling -------------------------------------------------------------
-    def _compatible(self, anchor: WorkItem, item: WorkItem) -> bool:
-        if item.kind != anchor.kind:
-            return False
-        return self.policy.mode == "mixed" or item.group == anchor.group
+    def _settle(self, step: Plan) -> None:
+        """Fail the items ``step`` gave up on and take them off the queue."""
+        for item in step.expired:
+            self.expired += 1
+            item.future.set_exception(DeadlineExceededError("request timed out in the queue"))
+        for item in step.overdue:
+            self.overdue += 1
+            item.future.set_exception(
+                QueueTimeoutError(
+                    f"the request waited {self.policy.max_queue_wait_s:g} s without starting"
+                )
+            )
+        gone = {id(it) for it in (*step.expired, *step.overdue, *step.batch)}
+        self._pending = [it for it in self._pending if id(it) not in gone]
 
-    def _drop_dead(self) -> None:
-        """Remove cancelled items and fail those past their deadline."""
-        now = self._clock()
-        keep: list[WorkItem] = []
-        for item in self._pending:
-            if item.future.done():
-                continue
-            if now > item.deadline:
-                self.expired += 1
-                item.future.set_exception(DeadlineExceededError("request timed out in the queue"))
-                continue
-            keep.append(item)
-        self._pending = keep
+    def _advance(self, anchor_tag: float) -> None:
+        self._vtime = max(self._vtime, anchor_tag)
+        if len(self._finish) > 2 * len(self._pending) + 64:
+            # Flows whose last finish is behind virtual time start afresh anyway.
+            self._finish = {f: t for f, t in self._finish.items() if t > self._vtime}
 
-    def _full(self, anchor: WorkItem) -> bool:
-        candidates = [it for it in self._pending if self._compatible(anchor, it)]
-        if len(candidates) >= self.policy.max_batch_size:
-            return True
-        longest = max(it.num_samples for it in candidates)
-        return len(candidates) * longest >= self.policy.max_batch_samples
-
-    def select(self) -> Batch:
-        """Take the next batch off the queue (the queue must not be empty)."""
-        anchor = self._pending[0]
-        compatible = [it for it in self._pending[1:] if self._compatible(anchor, it)]
-        bucket = max(1, self.policy.length_bucket_samples)
-        rank: dict[str, int] = {anchor.group: 0}
-        if self.policy.language_affinity:
-            # Languages with the most pending items first (after the anchor's): fewer,
-            # larger language groups inside the batch, so the masked layers run fewer,
-            # larger matmuls. Queue order (= enqueued_at) breaks ties.
-            counts: dict[str, int] = {}
-            for it in compatible:
-                counts[it.group] = counts.get(it.group, 0) + 1
-            for group in sorted(counts, key=lambda g: -counts[g]):
-                rank.setdefault(group, len(rank))
-        candidates = sorted(
-            compatible,
-            key=lambda it: (
-                abs(it.num_samples - anchor.num_samples) // bucket,  # similar lengths first
-                rank.get(it.group, 0),
-                it.enqueued_at,
-            ),
-        )
-        chosen = [anchor]
-        longest = anchor.num_samples
-        for item in candidates:
-            if len(chosen) >= self.policy.max_batch_size:
-                break
-            new_longest = max(longest, item.num_samples)
-            if (len(chosen) + 1) * new_longest > self.policy.max_batch_samples:
-                continue  # a shorter one further down may still fit
-            chosen.append(item)
-            longest = new_longest
-        taken = set(map(id, chosen))
-        self._pending = [it for it in self._pending if id(it) not in taken]
-        # Keep the batch in queue order so results are easy to follow in logs.
-        chosen.sort(key=lambda it: it.enqueued_at)
-        return Batch(next(self._ids), chosen, anchor.kind, self._clock())
+    def _measure(self, batch: Batch, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        rate = sum(it.num_samples for it in batch.items) / seconds
+        self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+        self._batches_run += 1
 
     async def _loop(self) -> None:
         while True:
-            self._drop_dead()
-            if not self._pending:
-                self._idle.set()
+            self._pending = [it for it in self._pending if not it.future.done()]
+            step = plan(self._pending, self.policy, self._clock(), flush=self._closed)
+            self._settle(step)
+            if not step.batch:
+                if not self._pending:
+                    self._idle.set()
                 self._wake.clear()
-                await self._wake.wait()
+                if math.isinf(step.wait_s):
+                    await self._wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(step.wait_s):
+                            await self._wake.wait()
                 continue
-            anchor = self._pending[0]
-            wait_left = anchor.enqueued_at + self.policy.max_wait_s - self._clock()
-            if wait_left > 0 and not self._closed and not self._full(anchor):
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_left)
-                continue
-            batch = self.select()
+            batch = Batch(next(self._ids), list(step.batch), step.batch[0].kind, self._clock())
+            self._advance(min(it.start_tag for it in batch.items))
             if self._on_batch is not None:
                 try:
                     self._on_batch(batch)
                 except Exception:  # a broken hook must not stop serving
                     log.exception("batch hook failed")
+            started = time.perf_counter()
             try:
                 await self._runner(batch)
             except Exception as exc:
@@ -335,3 +467,4 @@ class Batcher:
                 for item in batch.items:
                     if not item.future.done():
                         item.future.set_exception(exc)
+            self._measure(batch, time.perf_counter() - started)

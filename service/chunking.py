@@ -28,6 +28,8 @@ class Chunk:
     keep_start: int  # first global frame this window contributes
     keep_end: int | None  # one past its last global frame; None = to the window's end
     frame: int  # samples per model frame
+    # Inside a long silence (silero-vad): not run through the model; its frames are blank.
+    silent: bool = False
 
     @property
     def frame_offset(self) -> int:
@@ -65,6 +67,14 @@ def plan_chunks(num_samples: int, window: int, overlap: int, frame: int) -> list
         else:
             chunks.append(Chunk(i, start, end, keep_start, None, frame))
     return chunks
+
+
+def blank_logits(frames: int, width: int) -> np.ndarray:
+    """``[frames, width]`` logits that CTC decodes as blank only (column 0 is the blank):
+    what a silent piece contributes instead of running the model on it."""
+    out = np.full((frames, width), -1000.0, dtype=np.float32)
+    out[:, 0] = 0.0
+    return out
 
 
 def stitch(chunks: Sequence[Chunk], logits: Sequence[np.ndarray]) -> np.ndarray:

@@ -29,23 +29,30 @@ import numpy as np
 import torch
 
 from model.config import SAMPLE_RATE
-from model.decoding import BeamConfig, BeamDecoders, ColumnCache, Transcript, greedy_decode_batch
+from model.decoding import (
+    BeamConfig,
+    BeamDecoders,
+    ColumnCache,
+    DecodeBudgetExceededError,
+    Transcript,
+    greedy_decode_batch,
+)
 from model.packs import LanguagePack, check_pack, read_pack
 from model.vocab import ColumnVocabulary
 from service.batcher import (
     Batch,
     Batcher,
     BatchPolicy,
-    QueueFullError,
     ShuttingDownError,
     WorkItem,
     fastest_way,
     policy_for_way,
 )
-from service.chunking import Chunk, plan_chunks, stitch
+from service.chunking import Chunk, blank_logits, plan_chunks, stitch
+from service.faults import Faults
 from service.packs import PackStore
 from service.settings import Settings
-from service.vad import SileroVad, load_vad, plan_pieces
+from service.vad import MIN_PIECE_SAMPLES, SKIP_PAD, SileroVad, load_vad, plan_pieces
 from service.worker import ModelWorker
 
 log = logging.getLogger("lass.engine")
@@ -71,6 +78,10 @@ class MetricsSink(Protocol):
 
     def set_queue_depth(self, depth: int) -> None: ...
 
+    def observe_fault(self, kind: str) -> None: ...
+
+    def add_skipped_silence(self, seconds: float) -> None: ...
+
     def set_model_info(
         self, bundle: str, languages: Sequence[str], device: str, dtype: str
     ) -> None: ...
@@ -94,6 +105,16 @@ class LastLanguageError(Exception):
 
 class LanguageExistsError(Exception):
     """The language of an added pack is already served."""
+
+
+class ModelError(Exception):
+    """The model or the decoder failed on this request (not the client's fault): only the
+    requests whose work failed get it, after the engine has retried what it could."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure that a smaller batch may avoid."""
+    return isinstance(exc, torch.OutOfMemoryError | MemoryError)
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,7 @@ def batch_policy(settings: Settings) -> BatchPolicy:
         max_batch_samples=max(1, int(settings.max_batch_audio_seconds * SAMPLE_RATE)),
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue_size=settings.max_queue_size,
+        max_queue_wait_s=settings.max_queue_wait_s,
         language_affinity=settings.batch_language_affinity,
     )
 
@@ -219,6 +241,9 @@ class Engine:
         self._active: dict[str, int] = {}
         self._removing: set[str] = set()
         self._admin_lock = asyncio.Lock()
+        self.faults = Faults.parse(settings.faults)
+        if self.faults.active:
+            log.warning("fault injection is ON (LASS_FAULTS=%r): for tests only", settings.faults)
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -479,79 +504,95 @@ class Engine:
             self.metrics.set_queue_depth(self.batcher.depth)
 
     async def _run_batch(self, batch: Batch) -> None:
-        """Runner for the batcher: forward pass in the model thread, then settle futures."""
+        """Runner for the batcher: forward passes in the model thread, then settle futures."""
         worker = self.worker
         if worker is None:
             raise NotReadyError("the model is not loaded")
+        await self._run_items(worker, batch, batch.items)
+
+    async def _run_items(self, worker: ModelWorker, batch: Batch, items: list[WorkItem]) -> None:
+        """Run ``items`` (all of ``batch`` or a part) and settle their futures. A failure
+        never reaches batch-mates that would succeed alone: out of memory splits the items
+        in halves, any other error re-runs them one by one; an item that fails alone gets
+        :class:`ModelError`."""
+        items = [item for item in items if not item.future.done()]  # client gone: skip
+        if not items:
+            return
         start = time.perf_counter()
         try:
-            outputs = await self._forward(worker, batch.kind, batch.items)
-        except Exception:
-            if batch.size == 1:
-                raise
-            # One bad item must not fail its batch-mates: rerun them one by one.
-            log.exception("batch %d failed; retrying its %d items alone", batch.id, batch.size)
-            await self._run_alone(worker, batch)
+            outputs = await self._forward(worker, batch.kind, items)
+        except Exception as exc:
+            if len(items) > 1:
+                oom = is_out_of_memory(exc)
+                self._fault("oom_split" if oom else "batch_retry")
+                log.warning(
+                    "batch %d: %s on %d items (%s); %s",
+                    batch.id,
+                    type(exc).__name__,
+                    len(items),
+                    exc,
+                    "splitting it in halves" if oom else "retrying them one by one",
+                )
+                if oom:
+                    await self._release_memory(worker)
+                    half = len(items) // 2
+                    parts = [items[:half], items[half:]]
+                else:
+                    parts = [[item] for item in items]
+                for part in parts:
+                    await self._run_items(worker, batch, part)
+                return
+            self._fault("forward_error")
+            log.error("batch %d: item of request %s failed: %r", batch.id, items[0].flow, exc)
+            if not items[0].future.done():
+                items[0].future.set_exception(ModelError(f"the model failed on this audio: {exc}"))
             return
         inference_s = time.perf_counter() - start
         if self.metrics is not None and batch.kind == "asr":
             self.metrics.observe_batch(
-                [item.group for item in batch.items],
-                [item.num_samples / SAMPLE_RATE for item in batch.items],
-                batch.max_samples / SAMPLE_RATE,
+                [item.group for item in items],
+                [item.num_samples / SAMPLE_RATE for item in items],
+                max(item.num_samples for item in items) / SAMPLE_RATE,
                 inference_s,
             )
-        languages = tuple(batch.groups)
-        for item, output in zip(batch.items, outputs, strict=True):
+        languages = tuple(sorted({item.group for item in items}))
+        for item, output in zip(items, outputs, strict=True):
             if not item.future.done():
                 item.future.set_result(
                     ItemResult(
                         output,
                         batch.id,
-                        batch.size,
+                        len(items),
                         languages,
                         batch.created_at - item.enqueued_at,
                         inference_s,
                     )
                 )
 
+    def _fault(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_fault(kind)
+
+    async def _release_memory(self, worker: ModelWorker) -> None:
+        if worker.device.type == "cuda":
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._model_thread, torch.cuda.empty_cache)
+
     async def _forward(
         self, worker: ModelWorker, kind: str, items: Sequence[WorkItem]
     ) -> Sequence[Any]:
         loop = asyncio.get_running_loop()
         waves = [item.payload for item in items]
+        if self.faults.active:
+            self.faults.before_forward([item.group for item in items])
         if kind == "lid":
             return await loop.run_in_executor(self._model_thread, worker.run_lid, waves)
         langs = [item.group for item in items]
         return await loop.run_in_executor(self._model_thread, worker.run_asr, waves, langs)
 
-    async def _run_alone(self, worker: ModelWorker, batch: Batch) -> None:
-        for item in batch.items:
-            if item.future.done():
-                continue
-            start = time.perf_counter()
-            try:
-                (output,) = await self._forward(worker, batch.kind, [item])
-            except Exception as exc:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-                continue
-            if not item.future.done():
-                item.future.set_result(
-                    ItemResult(
-                        output,
-                        batch.id,
-                        1,
-                        (item.group,),
-                        batch.created_at - item.enqueued_at,
-                        time.perf_counter() - start,
-                    )
-                )
-
     async def _submit(self, items: list[WorkItem]) -> list[ItemResult]:
-        if self.batcher.depth + len(items) > self.batcher.policy.max_queue_size:
-            raise QueueFullError(f"queue holds {self.batcher.depth} items")
-        futures = [self.batcher.submit(item) for item in items]
+        """One request's items, queued all or none; their results in order."""
+        futures = self.batcher.submit_all(items)
         try:
             return list(await asyncio.gather(*futures))
         finally:
@@ -568,7 +609,7 @@ class Engine:
         if not worker.has_lid:
             raise RuntimeError("the model has no language identification head")
         head = samples[: self._window]
-        item = WorkItem(head, len(head), "", "lid", self._deadline(), request_id)
+        item = WorkItem(head, len(head), "", "lid", self._deadline(), flow=request_id)
         (result,) = await self._submit([item])
         probs = result.output
         # The head's outputs are the bundle's languages; one removed meanwhile is never
@@ -596,8 +637,8 @@ class Engine:
     ) -> TranscriptionResult:
         """Transcribe 16 kHz float32 ``samples [T]``; ``language`` None -> identify it first.
 
-        Raises QueueFullError, DeadlineExceededError, ShuttingDownError, NotReadyError,
-        UnknownLanguageError.
+        Raises QueueFullError, QueueTimeoutError, DeadlineExceededError, ShuttingDownError,
+        NotReadyError, UnknownLanguageError, ModelError (service.engine_errors maps each).
         """
         self._require_ready()
         if len(samples) < MIN_SAMPLES:
@@ -611,21 +652,44 @@ class Engine:
         async with self._serving(language) as width:
             chunks = await self._plan(samples)
             deadline = self._deadline()
+            spoken = [c for c in chunks if not c.silent]
             items = [
                 WorkItem(
-                    samples[c.start : c.end], c.end - c.start, language, "asr", deadline, request_id
+                    samples[c.start : c.end],
+                    c.end - c.start,
+                    language,
+                    "asr",
+                    deadline,
+                    flow=request_id,
                 )
-                for c in chunks
+                for c in spoken
             ]
-            results = await self._submit(items)
+            results = await self._submit(items) if items else []
             # Each piece's logits up to the language's columns: pieces that ran before and
             # after another language was added have different head widths.
-            logits = stitch(chunks, [r.output.logits[:, :width] for r in results])
+            ran = iter(r.output.logits[:, :width] for r in results)
+            logits = stitch(
+                chunks,
+                [
+                    blank_logits(self._frames(c.end - c.start), width) if c.silent else next(ran)
+                    for c in chunks
+                ],
+            )
+            if self.metrics is not None and len(spoken) < len(chunks):
+                skipped = sum(c.end - c.start for c in chunks if c.silent) / SAMPLE_RATE
+                self.metrics.add_skipped_silence(skipped)
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
-            transcript = await loop.run_in_executor(
-                self._decode_pool, self._decode, logits, language, options
-            )
+            try:
+                transcript = await loop.run_in_executor(
+                    self._decode_pool, self._decode, logits, language, options
+                )
+            except DecodeBudgetExceededError:
+                raise
+            except Exception as exc:
+                self._fault("decode_error")
+                log.error("decoding request %s (%s) failed: %r", request_id, language, exc)
+                raise ModelError(f"decoding failed: {exc}") from exc
             decode_s = time.perf_counter() - start
         if self.metrics is not None:
             beam = options.beam or bool(options.hotwords)
@@ -655,10 +719,23 @@ class Engine:
         return plan_chunks(num_samples, self._window, self._overlap, self.frame_samples)
 
     def plan_at_silences(self, samples: np.ndarray) -> list[Chunk]:
-        """Pieces cut at silences (runs silero-vad: call it in the VAD thread)."""
+        """Pieces cut at silences (runs silero-vad: call it in the VAD thread); those
+        inside silences of ``skip_silence_s`` or more are marked silent (not run)."""
         assert self.splitter is not None
         silences = self.splitter.silences(samples)
-        return plan_pieces(len(samples), silences, self._window, self._overlap, self.frame_samples)
+        skip = 0
+        if self.settings.skip_silence_s > 0:
+            # Long enough to keep SKIP_PAD of context on both sides of what is skipped.
+            skip = max(int(self.settings.skip_silence_s * SAMPLE_RATE), 2 * SKIP_PAD)
+            skip += MIN_PIECE_SAMPLES
+        return plan_pieces(
+            len(samples), silences, self._window, self._overlap, self.frame_samples, skip
+        )
+
+    def _frames(self, num_samples: int) -> int:
+        """Model frames of ``num_samples`` samples (the conv encoder's arithmetic)."""
+        worker = self._require_ready()
+        return int(worker.model.frame_lengths(torch.tensor([num_samples]))[0])
 
     # ------------------------------------------------------------ streams
     @property
@@ -676,7 +753,7 @@ class Engine:
         self._require_ready()
         async with self._serving(language) as width:
             deadline = time.monotonic() + self.settings.stream_partial_timeout_s
-            item = WorkItem(samples, len(samples), language, "asr", deadline, request_id)
+            item = WorkItem(samples, len(samples), language, "asr", deadline, flow=request_id)
             (result,) = await self._submit([item])
         # Up to the language's columns, so a stream's windows concatenate across an add.
         logits: np.ndarray = result.output.logits[:, :width]
@@ -702,6 +779,8 @@ class Engine:
     def _decode(self, logits: np.ndarray, language: str, options: DecodeOptions) -> Transcript:
         """CTC-decode one utterance's stitched ``logits [F, V]`` (runs in the decode pool)."""
         assert self._columns is not None and self._beams is not None
+        if self.faults.active:
+            self.faults.before_decode(language)
         batch = torch.from_numpy(np.ascontiguousarray(logits))[None]
         frames = [logits.shape[0]]
         if options.beam or options.hotwords:

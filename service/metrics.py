@@ -105,6 +105,19 @@ SPECS: dict[str, MetricSpec] = {
         ),
         MetricSpec("lass_queue_depth", "gauge", "Work items waiting in the batcher's queue."),
         MetricSpec(
+            "lass_engine_faults",
+            "counter",
+            "Model and decoder failures, by kind: batch_retry (a batch failed and its items "
+            "were re-run alone), oom_split (out of memory: the batch was halved and retried), "
+            "forward_error and decode_error (a request failed with 503 model_error).",
+            ("kind",),
+        ),
+        MetricSpec(
+            "lass_silence_skipped_seconds",
+            "counter",
+            "Seconds of long audio that silero-vad found silent, not run through the model.",
+        ),
+        MetricSpec(
             "lass_rejected_requests",
             "counter",
             "Requests refused before inference, by reason (queue_full, too_large, "
@@ -209,6 +222,8 @@ class ServiceMetrics:
         self.real_time_factor = histogram("lass_real_time_factor", RTF_BUCKETS)
         self.stage_seconds = histogram("lass_stage_seconds", QUEUE_BUCKETS)
         self.rejected = counter("lass_rejected_requests")
+        self.engine_faults = counter("lass_engine_faults")
+        self.silence_skipped = counter("lass_silence_skipped_seconds")
         depth = spec("lass_queue_depth")
         self.queue_depth = Gauge(depth.name, depth.help, registry=self.registry)
         active = spec("lass_stream_active")
@@ -263,6 +278,13 @@ class ServiceMetrics:
 
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth.set(depth)
+
+    def observe_fault(self, kind: str) -> None:
+        """A model or decoder failure the engine handled (``lass_engine_faults_total``)."""
+        self.engine_faults.labels(kind=kind).inc()
+
+    def add_skipped_silence(self, seconds: float) -> None:
+        self.silence_skipped.inc(seconds)
 
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
         """Read the queue depth from ``depth`` at each scrape (then ``set_queue_depth`` has

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     )
     max_wait_ms: Annotated[float, Field(ge=0)] = 10.0
     max_queue_size: Annotated[int, Field(ge=1, description="pending work items before 503")] = 256
+    # A request must start within this many seconds of queueing, else 503 with Retry-After;
+    # one whose estimated wait is already longer is refused at once (0 = no bound).
+    max_queue_wait_s: Annotated[float, Field(ge=0)] = 10.0
     request_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     retry_after_s: Annotated[int, Field(ge=0)] = 1
 
@@ -75,6 +78,9 @@ class Settings(BaseSettings):
     long_audio_split: Literal["vad", "windows"] = "vad"
     chunk_seconds: Annotated[float, Field(gt=1)] = 30.0
     chunk_overlap_seconds: Annotated[float, Field(ge=0)] = 2.0
+    # With "vad": silences at least this long inside long audio are not run through the
+    # model (they decode as blank; 0 = run everything).
+    skip_silence_s: Annotated[float, Field(ge=0)] = 2.0
 
     # Limits on client input.
     max_upload_bytes: Annotated[int, Field(ge=1)] = 25 * 1024 * 1024
@@ -127,3 +133,6 @@ class Settings(BaseSettings):
     # Origins (comma-separated, or "*") whose pages may call the API from a browser; empty =
     # no CORS headers at all. The page lass serves itself is same-origin and needs none.
     cors_origins: str = ""
+
+    # Fault injection for tests and reliability runs (service/faults.py); empty = off.
+    faults: str = ""

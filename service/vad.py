@@ -16,6 +16,11 @@ just before each cut would be missing and timestamps after it would drift by 20 
 A speech run longer than the window with no silence to cut at falls back to the overlapping
 windows of :func:`service.chunking.plan_chunks` for that stretch only.
 
+Silences of at least ``skip_silence`` samples are also cut ``SKIP_PAD`` inside each edge,
+and the pieces that lie wholly inside one are marked ``silent``: the engine does not run
+the model on them (their frames decode as blank), so 29 minutes of silence cost no
+inference while speech next to it keeps a quarter second of silent context.
+
 Importing ``silero_vad`` calls ``torch.set_num_threads(1)`` (process-wide: it would cripple
 inference). :func:`import_silero` imports it lazily and restores the thread count.
 """
@@ -43,6 +48,7 @@ ROW_SAMPLES = 125 * VAD_FRAME  # 4.0 s
 WARMUP_SAMPLES = 16 * VAD_FRAME  # 0.512 s
 ROWS_PER_CALL = 64  # rows per model call: bounds the copy to ~18 MB
 MIN_PIECE_SAMPLES = SAMPLE_RATE // 2  # no piece shorter than 0.5 s is cut off
+SKIP_PAD = SAMPLE_RATE // 4  # silence kept as context beside speech when skipping the rest
 
 
 def import_silero() -> Any:
@@ -159,13 +165,15 @@ def plan_pieces(
     window: int,
     overlap: int,
     frame: int,
+    skip_silence: int = 0,
 ) -> list[Chunk]:
     """Pieces of at most ``window`` samples cut at the middle of ``silences``.
 
     Kept spans partition the utterance's frames exactly, as ``plan_chunks``'s do, so
     :func:`service.chunking.stitch` joins the pieces' logits into utterance time. Where a
     stretch longer than the window has no silence, it gets ``plan_chunks``'s overlapping
-    windows (``overlap`` samples).
+    windows (``overlap`` samples). With ``skip_silence`` > 0, silences at least that long
+    are cut ``SKIP_PAD`` inside their edges too, and pieces wholly inside one are ``silent``.
     """
     if num_samples <= 0:
         raise ValueError("num_samples must be positive")
@@ -174,9 +182,10 @@ def plan_pieces(
     window = max(2 * frame, window - window % frame)
     if num_samples <= window:
         return [Chunk(0, 0, num_samples, 0, None, frame)]
-    cuts = sorted(
-        {c for s, e in silences if 0 < (c := (s + e) // 2 // frame * frame) < num_samples}
-    )
+    long = [(s, e) for s, e in silences if skip_silence > 0 and e - s >= skip_silence]
+    points = [(s + e) // 2 for s, e in silences]
+    points += [p for s, e in long for p in (s + SKIP_PAD, e - SKIP_PAD)]
+    cuts = sorted({c for p in points if 0 < (c := p // frame * frame) < num_samples})
     spans: list[tuple[int, int, int, int | None]] = []  # start, end, keep_start, keep_end
     pos = 0
     while num_samples - pos > window:
@@ -202,7 +211,10 @@ def plan_pieces(
         pos = stop
     if pos < num_samples:
         spans.append((pos, num_samples, pos // frame, None))
-    return [Chunk(i, *span, frame) for i, span in enumerate(spans)]
+    return [
+        Chunk(i, *span, frame, silent=any(s <= span[0] and span[1] <= e for s, e in long))
+        for i, span in enumerate(spans)
+    ]
 
 
 def load_vad() -> SileroVad | None:

@@ -33,7 +33,6 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from model.decoding import DecodeBudgetExceededError
 from service.audio import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
@@ -42,15 +41,13 @@ from service.audio import (
     decode_audio,
     decode_pcm,
 )
-from service.batcher import DeadlineExceededError, QueueFullError, ShuttingDownError
 from service.context import AppContext, get_context
 from service.engine import (
     MIN_SAMPLES,
     DecodeOptions,
-    NotReadyError,
     TranscriptionResult,
-    UnknownLanguageError,
 )
+from service.engine_errors import engine_api_error, engine_error_spec
 from service.errors import ApiError, bad_field, from_audio_error
 from service.formats import GRANULARITIES, RESPONSE_FORMATS, render
 from service.ratelimit import AudioAllowance, audio_allowance
@@ -538,44 +535,18 @@ async def _transcribe(
         except ApiError:
             ctx.metrics.reject("beam_search_too_large")
             raise
-    retry = {"Retry-After": str(ctx.settings.retry_after_s)}
-
-    def unavailable(message: str, code: str) -> ApiError:
-        return ApiError(503, message, code=code, headers=retry)
-
     try:
         result = await watch.run(
             engine.transcribe(audio.samples, params.language, options, request_id=uuid.uuid4().hex)
         )
-    except QueueFullError as exc:
-        ctx.metrics.reject("queue_full")
-        raise ApiError(
-            503, "the server is busy; retry later", code="queue_full", headers=retry
-        ) from exc
-    except ShuttingDownError as exc:
-        raise ApiError(
-            503, "the server is shutting down", code="shutting_down", headers=retry
-        ) from exc
-    except NotReadyError as exc:
-        raise ApiError(
-            503, f"the model is not ready ({exc})", code="not_ready", headers=retry
-        ) from exc
-    except DeadlineExceededError as exc:
-        ctx.metrics.reject("timeout")
-        raise ApiError(504, "the request timed out waiting for the model", code="timeout") from exc
-    except UnknownLanguageError as exc:  # removed (DELETE /v1/languages) since the check above
-        raise bad_field(
-            "language", f"{exc}; supported: {', '.join(engine.languages)}", "unsupported_language"
-        ) from exc
-    except DecodeBudgetExceededError as exc:
-        ctx.metrics.reject("decode_timeout")
-        raise ApiError(
-            503,
-            f"{exc}: the server is too busy for this beam search now; retry later, or use a "
-            "smaller beam_width, fewer hotwords or decoder=greedy",
-            code="decode_timeout",
-            headers=retry,
-        ) from exc
+    except Exception as exc:
+        error = engine_api_error(exc, ctx.settings.retry_after_s, engine.languages)
+        if error is None:
+            raise
+        spec = engine_error_spec(exc)
+        if spec is not None and spec.reject is not None:
+            ctx.metrics.reject(spec.reject)
+        raise error from exc
     body, media = render(
         result.transcript, audio.duration, params.response_format, params.granularities
     )

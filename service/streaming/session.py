@@ -41,6 +41,7 @@ import numpy as np
 from model.config import SAMPLE_RATE
 from model.decoding import Transcript, Word
 from service.engine import DecodeOptions, TranscriptionResult
+from service.engine_errors import stream_error_code
 from service.streaming.endpointer import VAD_FRAME, EndpointConfig, Endpointer
 from service.streaming.endpointer import SpeechStarted as _VadStarted
 
@@ -168,18 +169,6 @@ class StreamStats:
     speech_seconds: float = 0.0
     errors: int = 0
     languages: dict[str, int] = field(default_factory=dict)
-
-
-def _error_code(exc: Exception) -> str:
-    names = {
-        "QueueFullError": "server_overloaded",
-        "DeadlineExceededError": "timeout",
-        "ShuttingDownError": "shutting_down",
-        "NotReadyError": "model_not_ready",
-        "AudioTooShortError": "audio_too_short",
-        "UnknownLanguageError": "unsupported_language",
-    }
-    return names.get(type(exc).__name__, "internal_error")
 
 
 class StreamSession:
@@ -345,7 +334,7 @@ class StreamSession:
             if result is None:
                 assert error is not None
                 self.stats.errors += 1
-                await self._emit(StreamError(_error_code(error), str(error), utt.index))
+                await self._emit(StreamError(stream_error_code(error), str(error), utt.index))
                 return
             latency = self._clock() - closed_at
             offset = start / SAMPLE_RATE

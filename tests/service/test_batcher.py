@@ -16,9 +16,11 @@ from service.batcher import (
     BatchPolicy,
     DeadlineExceededError,
     QueueFullError,
+    QueueTimeoutError,
     ShuttingDownError,
     WorkItem,
     fastest_way,
+    plan,
     policy_for_way,
 )
 
@@ -331,3 +333,172 @@ def test_policy_for_way() -> None:
     assert none.max_batch_size == 1 and none.max_wait_s == 0.02
     with pytest.raises(ValueError, match="unknown way"):
         policy_for_way(base, "fastest")
+
+
+# --- plan(): the policy as a pure function of (pending, policy, now), no loop, no sleeps
+
+
+def queued(
+    payload: Any, at: float, tag: float, seconds: float = 1.0, lang: str = "en", **kw: Any
+) -> WorkItem:
+    """An item as Batcher.submit leaves it: enqueued at ``at`` with fair start tag ``tag``."""
+    it = item(payload, seconds, lang, **kw)
+    it.enqueued_at, it.start_tag = at, tag
+    return it
+
+
+def payloads(items: Any) -> list[Any]:
+    return [it.payload for it in items]
+
+
+def test_plan_waits_for_mates_until_max_wait_or_a_full_batch() -> None:
+    policy = BatchPolicy(max_batch_size=3, max_wait_s=0.5)
+    pending = [queued("a", 10.0, 0.0), queued("b", 10.1, 0.0)]
+    step = plan(pending, policy, now=10.2)
+    assert step.batch == () and step.wait_s == pytest.approx(0.3)
+    assert payloads(plan(pending, policy, now=10.5).batch) == ["a", "b"]
+    assert payloads(plan(pending, policy, now=10.2, flush=True).batch) == ["a", "b"]
+    full = [*pending, queued("c", 10.15, 0.0)]
+    assert payloads(plan(full, policy, now=10.2).batch) == ["a", "b", "c"]
+    assert plan([], policy, now=0.0) == plan([], policy, now=99.0)
+
+
+def test_plan_anchors_on_the_lowest_fair_tag_not_the_oldest_item() -> None:
+    # A long request's later pieces (tags 1, 2, 3 s of audio in samples) were queued
+    # before a new request's clip (tag 1 s: virtual time when it arrived).
+    sec = 16_000
+    policy = BatchPolicy(max_batch_size=1, max_wait_s=0)
+    long_pieces = [queued(f"long{k}", 0.0, k * sec, flow="L") for k in (1, 2, 3)]
+    clip = queued("clip", 5.0, 1 * sec - 1, flow="C")
+    assert payloads(plan([*long_pieces, clip], policy, now=5.0).batch) == ["clip"]
+    # Equal tags: the older item first.
+    clip.start_tag = 1 * sec
+    assert payloads(plan([*long_pieces, clip], policy, now=5.0).batch) == ["long1"]
+
+
+def test_plan_fills_by_length_then_language_then_fair_order() -> None:
+    policy = BatchPolicy(max_batch_size=3, max_wait_s=0, length_bucket_samples=16_000)
+    pending = [
+        queued("anchor", 0.0, 0.0, seconds=4.0, lang="en"),
+        queued("far", 0.0, 1.0, seconds=20.0, lang="en"),
+        queued("de-late", 0.0, 3.0, seconds=4.2, lang="de"),
+        queued("fr", 0.0, 2.0, seconds=4.1, lang="fr"),
+        queued("de-early", 0.0, 2.5, seconds=4.3, lang="de"),
+    ]
+    # Similar lengths first; among them de (2 pending) before fr (1), tag order within de.
+    assert payloads(plan(pending, policy, now=1.0).batch) == ["anchor", "de-early", "de-late"]
+    language = dataclasses.replace(policy, mode="language")
+    assert payloads(plan(pending, language, now=1.0).batch) == ["anchor", "far"]
+
+
+def test_plan_returns_expired_and_overdue_items_to_fail() -> None:
+    policy = BatchPolicy(max_batch_size=4, max_wait_s=0)
+    late = queued("late", 0.0, 0.0, deadline=1.0)
+    overdue = queued("overdue", 0.0, 0.0)
+    overdue.queue_deadline = 2.0
+    ok = queued("ok", 0.0, 0.0)
+    step = plan([late, overdue, ok], policy, now=3.0)
+    assert payloads(step.expired) == ["late"] and payloads(step.overdue) == ["overdue"]
+    assert payloads(step.batch) == ["ok"]
+    # Past both: counted as expired (the request's own deadline), not twice.
+    both = queued("both", 0.0, 0.0, deadline=1.0)
+    both.queue_deadline = 1.0
+    step = plan([both], policy, now=3.0)
+    assert payloads(step.expired) == ["both"] and step.overdue == () and step.batch == ()
+
+
+def test_a_long_request_does_not_starve_a_later_short_one() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), rec)
+        batcher.start()
+        blocker = batcher.submit(item("blocker", flow="B"))
+        await asyncio.sleep(0.02)  # in the runner
+        long = batcher.submit_all([item(f"long{k}", 30.0, flow="L") for k in range(20)])
+        short = batcher.submit(item("short", 4.0, flow="S"))
+        rec.gate.set()
+        await asyncio.gather(blocker, *long, short)
+        order = [b.items[0].payload for b in rec.batches]
+        # One piece of the long request, then the short clip: not all 20 pieces first.
+        assert order[:3] == ["blocker", "long0", "short"]
+        assert order[3:] == [f"long{k}" for k in range(1, 20)]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_two_long_requests_take_turns() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), rec)
+        batcher.start()
+        blocker = batcher.submit(item("blocker"))
+        await asyncio.sleep(0.02)
+        a = batcher.submit_all([item(f"a{k}", flow="A") for k in range(3)])
+        b = batcher.submit_all([item(f"b{k}", flow="B") for k in range(3)])
+        rec.gate.set()
+        await asyncio.gather(blocker, *a, *b)
+        order = [bt.items[0].payload for bt in rec.batches][1:]
+        assert order == ["a0", "b0", "a1", "b1", "a2", "b2"]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_queue_wait_is_bounded_for_a_request_that_cannot_start() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        policy = BatchPolicy(max_batch_size=1, max_wait_s=0, max_queue_wait_s=0.05)
+        batcher = Batcher(policy, rec)
+        batcher.start()
+        running = batcher.submit(item("running"))
+        await asyncio.sleep(0.02)
+        first, later = batcher.submit_all([item("first", flow="R"), item("later", flow="R")])
+        assert first is not later
+        await asyncio.sleep(0.1)  # past the bound while the runner is busy
+        rec.gate.set()
+        await running
+        with pytest.raises(QueueTimeoutError, match="without starting"):
+            await first
+        assert batcher.overdue == 1
+        # A request that started in time runs its later pieces however long they wait.
+        rec.gate.clear()
+        x, y = batcher.submit_all([item("x", flow="X"), item("y", flow="X")])
+        await asyncio.sleep(0.02)  # x is in the runner, y waits behind it
+        await asyncio.sleep(0.1)
+        rec.gate.set()
+        assert [(await x)[1], (await y)[1]] == ["x", "y"]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_a_request_whose_estimated_wait_is_past_the_bound_is_refused_at_once() -> None:
+    async def main() -> None:
+        rec = Recorder(delay=0.02)  # 1 s of audio per 20 ms: ~50x real time
+        policy = BatchPolicy(max_batch_size=1, max_wait_s=0, max_queue_wait_s=0.3)
+        batcher = Batcher(policy, rec)
+        batcher.start()
+        for k in range(4):  # measure the throughput
+            await batcher.submit(item(k))
+        assert batcher.throughput is not None
+        rec.gate = asyncio.Event()
+        busy: list[asyncio.Future[Any]] = []
+        with pytest.raises(QueueFullError, match="about"):
+            # Requests of 1 s each, all fairly ahead of the next: at ~50 s of audio a
+            # second, the bound of 0.3 s is passed after about 15 of them.
+            for k in range(100):
+                busy.append(batcher.submit(item(f"r{k}", flow=f"r{k}")))
+                await asyncio.sleep(0)
+        assert 5 <= len(busy) <= 40
+        assert batcher.depth == len(busy) - 1  # one runs; nothing of the refused one queued
+        rec.gate.set()
+        outcomes = await asyncio.gather(*busy, return_exceptions=True)
+        # Those queued in time ran or timed out in the queue: nothing else.
+        assert all(isinstance(o, tuple | QueueTimeoutError) for o in outcomes)
+        await batcher.stop()
+
+    run(main)

@@ -33,7 +33,17 @@ def recorded() -> ServiceMetrics:
     m.observe_partial_latency(0.3)
     m.observe_final_latency(0.2)
     m.add_stream_audio("de", 2.5)
+    m.observe_fault("oom_split")
+    m.observe_fault("decode_error")
+    m.add_skipped_silence(12.5)
     return m
+
+
+def test_fault_and_silence_metrics() -> None:
+    values = samples(recorded())
+    assert values[("lass_engine_faults_total", (("kind", "oom_split"),))] == 1
+    assert values[("lass_engine_faults_total", (("kind", "decode_error"),))] == 1
+    assert values[("lass_silence_skipped_seconds_total", ())] == pytest.approx(12.5)
 
 
 def test_stream_metrics() -> None:

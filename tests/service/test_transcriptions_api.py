@@ -152,7 +152,8 @@ def test_language_identification_when_language_is_absent(
 def test_long_audio_is_windowed_and_stitched(
     server: Server, speech: dict[str, list[Utterance]]
 ) -> None:
-    # 70 s: utterances separated by silence -> 3 windows of <= 30 s.
+    # 70 s: utterances separated by 6 s silences -> pieces of <= 30 s, of which those
+    # wholly inside a silence are not run (LASS_SKIP_SILENCE_S): 2 or 3 ran, each in its batch.
     parts = []
     for utts in speech.values():
         for u in utts:
@@ -171,7 +172,7 @@ def test_long_audio_is_windowed_and_stitched(
         **{"timestamp_granularities[]": "word"},
     )
     assert response.status_code == 200, response.text
-    assert len(response.headers["x-lass-batches"].split(", ")) == 3
+    assert len(response.headers["x-lass-batches"].split(", ")) in (2, 3)
     body = response.json()
     assert body["duration"] == pytest.approx(70.0)
     starts = [w["start"] for w in body["words"]]

@@ -18,7 +18,7 @@ from model.config import FRAME_STRIDE as FRAME_SAMPLES
 from service.chunking import Chunk, stitch
 from service.engine import Engine
 from service.settings import Settings
-from service.vad import SileroVad, load_vad, plan_pieces
+from service.vad import SKIP_PAD, SileroVad, load_vad, plan_pieces
 from service.worker import AsrOutput
 from tests.conftest import REPO, Utterance
 
@@ -89,6 +89,29 @@ def test_speech_longer_than_the_window_falls_back_to_overlapping_windows(
     assert overlapping
     for start in overlapping:
         assert not any(s <= start < e for s, e in silences)
+
+
+def test_long_silences_become_silent_pieces_that_keep_context_beside_speech() -> None:
+    n, window = 1800 * SR, 30 * SR
+    # Speech in [0, 20 s) and [1770 s, 1800 s), 29 minutes of silence between, plus a
+    # short pause that must stay an ordinary cut.
+    silences = [(8 * SR, 9 * SR), (20 * SR, 1770 * SR)]
+    chunks = plan_pieces(n, silences, window, 2 * SR, FRAME_SAMPLES, skip_silence=3 * SR)
+    check_plan(chunks, n, window)
+    silent = [c for c in chunks if c.silent]
+    spoken = [c for c in chunks if not c.silent]
+    assert sum(c.end - c.start for c in silent) > 1700 * SR  # what the model no longer runs
+    assert len(spoken) <= 3
+    for c in silent:  # wholly inside the long silence
+        assert c.start >= 20 * SR and c.end <= 1770 * SR
+    # Speech keeps SKIP_PAD of silence as context on each side.
+    assert any(c.start <= 20 * SR and c.end >= 20 * SR + SKIP_PAD for c in spoken)
+    assert any(c.start <= 1770 * SR - SKIP_PAD and c.end >= 1770 * SR for c in spoken)
+    # Without skip_silence the same silences cut as before and nothing is silent.
+    plain = plan_pieces(n, silences, window, 2 * SR, FRAME_SAMPLES)
+    assert not any(c.silent for c in plain)
+    # The short pause is not skipped.
+    assert not any(c.silent and c.start < 10 * SR for c in chunks)
 
 
 # ------------------------------------------------------------ real speech
@@ -209,5 +232,52 @@ def test_engine_words_land_in_utterance_time(
             assert any(s / SR - 0.03 <= start <= end <= e / SR + 0.03 for s, e in regions)
         for s, e in regions:  # every utterance got words
             assert any(s / SR - 0.03 <= start <= e / SR for start, _ in at_silences)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_engine_skips_long_silences_with_the_same_words(
+    speech: dict[str, list[Utterance]], tiny_bundle: Path
+) -> None:
+    audio, regions = long_speech(speech, [4.0, 0.7, 6.0])
+
+    async def transcribe(**settings: object) -> tuple[list[tuple[float, float]], int]:
+        engine = Engine(
+            Settings(
+                bundle=tiny_bundle,
+                torch_threads=1,
+                warmup=False,
+                chunk_seconds=5.0,
+                long_audio_split="vad",
+                **settings,  # type: ignore[arg-type]
+            )
+        )
+        await engine.start()
+        await engine.wait_ready()
+        assert engine.worker is not None
+        vocab = engine.worker.bundle.vocab
+        char = vocab.tokens.index("e")
+        ran: list[int] = []
+
+        def fake_asr(waves: Sequence[np.ndarray], languages: Sequence[str]) -> list[AsrOutput]:
+            ran.extend(len(w) for w in waves)
+            return [AsrOutput(energy_logits(len(vocab), char, w)) for w in waves]
+
+        engine.worker.run_asr = fake_asr  # type: ignore[method-assign]
+        try:
+            result = await engine.transcribe(audio, "en")
+        finally:
+            await engine.stop()
+        assert result.transcript.duration == pytest.approx(len(audio) / SR, abs=0.03)
+        return [(w.start, w.end) for w in result.transcript.words], sum(ran)
+
+    async def main() -> None:
+        everything, ran_all = await transcribe(skip_silence_s=0.0)
+        skipping, ran_skip = await transcribe(skip_silence_s=2.0)
+        assert skipping == everything  # the same words at the same times
+        # The 4 s and 6 s gaps, less a quarter second of context on each side, not run.
+        assert ran_all - ran_skip >= int((4.0 + 6.0 - 4 * SKIP_PAD / SR - 1.0) * SR)
+        for s, e in regions:
+            assert any(s / SR - 0.03 <= start <= e / SR for start, _ in skipping)
 
     asyncio.run(asyncio.wait_for(main(), 120))
