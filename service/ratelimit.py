@@ -216,6 +216,11 @@ class StreamLease:
             self.released = True
             self.limiter.close_stream(self.principal.bucket)
 
+    def charge_audio(self, seconds: float) -> Refusal | None:
+        """Take ``seconds`` of received audio from the caller's allowance (the same bucket
+        as uploads: LASS_RATE_LIMIT_AUDIO_SECONDS_PER_MINUTE), or the refusal."""
+        return self.limiter.take_audio(self.principal.bucket, seconds)
+
 
 def foreign_origin(ws: WebSocket, cors_origins: str) -> str | None:
     """The browser page's origin when it may not open a stream here, else None.

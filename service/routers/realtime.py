@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, WebSocket
 
+from model.config import SAMPLE_RATE
 from service.context import AppContext, get_context
 from service.engine import DecodeOptions
 from service.routers.stream import parse_json
@@ -415,6 +416,7 @@ class RealtimeStream:
             except (binascii.Error, ValueError) as exc:
                 raise RealtimeError("invalid_value", f"audio: {exc}", "audio") from None
             self.uncommitted += self.converter.format.seconds(len(data))
+            self.channel.charge_audio(len(samples) / SAMPLE_RATE)
             await self.session.feed(samples)
         elif kind == "input_audio_buffer.commit":
             if self.uncommitted * 1000 < MIN_COMMIT_MS:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lass import __version__
+from model.config import SAMPLE_RATE
 from service.context import AppContext, get_context
 from service.engine import DecodeOptions
 from service.streaming.channel import (
@@ -219,6 +220,7 @@ async def run_native(channel: Channel, ctx: AppContext) -> None:
                         samples = converter.convert(message)
                     except PcmFormatError as exc:
                         raise client_error(BAD_DATA, "invalid_audio", str(exc)) from None
+                    channel.charge_audio(len(samples) / SAMPLE_RATE)
                     await session.feed(samples)
                     continue
                 kind = parse_json(message).get("type")

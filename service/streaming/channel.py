@@ -36,7 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from service.auth import Refusal
 from service.context import AppContext
 from service.errors import openai_error_body
-from service.ratelimit import admit_stream
+from service.ratelimit import StreamLease, admit_stream
 
 log = logging.getLogger("lass.stream")
 
@@ -52,7 +52,7 @@ NORMAL, GOING_AWAY, BAD_DATA, POLICY, TOO_BIG, INTERNAL, TRY_LATER = (
 
 
 # Ends after which what the stream received is still transcribed and sent.
-FINISH_FIRST = frozenset({"idle_timeout", "max_duration", "shutting_down"})
+FINISH_FIRST = frozenset({"idle_timeout", "max_duration", "shutting_down", "rate_limit_audio"})
 
 
 class StreamClosedError(Exception):
@@ -102,6 +102,8 @@ class Channel:
         self._reader: asyncio.Task[None] | None = None
         self._handler: asyncio.Task[None] | None = None
         self.gone = False
+        self.lease: StreamLease | None = None  # the caller's limits, once admitted
+        self._metrics = ctx.metrics
 
     def start_reader(self, handler: asyncio.Task[None]) -> None:
         """Read the socket in the background; cancel ``handler`` when the client goes."""
@@ -202,6 +204,26 @@ class Channel:
         self._drained.set()
         return item
 
+    def charge_audio(self, seconds: float) -> None:
+        """Count ``seconds`` of received audio against the caller's audio allowance;
+        StreamClosedError (1013, after what was said is transcribed) once it runs out."""
+        if self.lease is None:
+            return
+        refusal = self.lease.charge_audio(seconds)
+        if refusal is None:
+            return
+        self._metrics.reject(refusal.reason)
+        per_minute = self.settings.rate_limit_audio_seconds_per_minute
+        raise StreamClosedError(
+            TRY_LATER,
+            refusal.reason,
+            f"Rate limit reached: {per_minute:g} seconds of audio per minute "
+            "(LASS_RATE_LIMIT_AUDIO_SECONDS_PER_MINUTE), streams and uploads together; what "
+            f"was said is transcribed; open a new stream in {refusal.retry_after} s.",
+            refusal.code,
+            refusal.type,
+        )
+
     async def close(self, code: int) -> None:
         if self.gone or self.ws.application_state == WebSocketState.DISCONNECTED:
             return
@@ -246,6 +268,7 @@ async def serve_stream(
         )
         await channel.close(code)
         return
+    channel.lease = lease
     registry = ctx.streams
     refusal = registry.acquire(channel)
     if refusal is not None:

@@ -186,6 +186,41 @@ def test_streams_per_key_are_limited_and_freed_on_close(limited: Server) -> None
         assert key not in body
 
 
+def test_streamed_audio_is_charged_to_the_keys_audio_allowance(
+    limited: Server, speech: dict[str, list[Utterance]]
+) -> None:
+    url = limited.base_url.replace("http://", "ws://") + "/v1/stream"
+    pcm = read_pcm16(speech["en"][0].path) * 4  # more seconds than the allowance holds
+    assert len(pcm) / 2 / 16_000 > AUDIO_PER_MINUTE + 1
+
+    async def run() -> tuple[list[dict[str, Any]], int | None]:
+        events: list[dict[str, Any]] = []
+        async with websockets.connect(url, additional_headers=auth("g")) as ws:
+            await ws.send(START)
+            events.append(json.loads(await ws.recv()))
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for i in range(0, len(pcm), 3200):  # 0.1 s frames, as fast as it takes them
+                    await ws.send(pcm[i : i + 3200])
+                await ws.send(json.dumps({"type": "stop"}))
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    events.append(json.loads(await ws.recv()))
+            return events, ws.close_code
+
+    before = metric(limited, "lass_rejected_requests_total", reason="rate_limit_audio")
+    events, code = asyncio.run(run())
+    assert events[0]["type"] == "started"
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors and errors[-1]["error"]["code"] == "rate_limit_exceeded", events
+    assert "streams and uploads together" in errors[-1]["error"]["message"]
+    assert code == 1013
+    after = metric(limited, "lass_rejected_requests_total", reason="rate_limit_audio")
+    assert after - before == 1
+    # The same bucket as uploads: key g's next upload is refused too.
+    response, _ = transcribe(limited, "g", read_pcm16(speech["en"][0].path))
+    assert_rate_limited(response, "audio_seconds", longest=60)
+
+
 def test_with_keys_off_limits_apply_per_client_address(anonymous: Server) -> None:
     url = f"{anonymous.base_url}/v1/models"
     assert [httpx.get(url, timeout=10).status_code for _ in range(4)] == [200, 200, 200, 429]
