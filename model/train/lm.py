@@ -1,8 +1,10 @@
-"""Word n-gram language models for CTC beam search, written as ARPA by our own code.
+"""Word n-gram language models for CTC beam search, as ARPA or KenLM binary files.
 
-pip's ``kenlm`` package ships only the query module (no ``lmplz``), so lass estimates the
-model itself: **interpolated modified Kneser-Ney** smoothing (Chen & Goodman 1998, the
-scheme ``lmplz`` uses), with
+Estimation: KenLM's ``lmplz`` when it is found (pip's ``kenlm`` package ships only the
+query module; ``scripts/build-kenlm.sh`` compiles ``lmplz`` and ``build_binary`` from its
+sdist into ``build/kenlm/bin``, as ``make setup-dev`` does), otherwise our own pure-Python
+estimator, which the tests also use as lmplz's oracle. Both compute **interpolated
+modified Kneser-Ney** smoothing (Chen & Goodman 1998), with
 
 - KenLM-style sentence padding: one ``<s>`` and one ``</s>`` per sentence; n-grams that
   start with ``<s>`` keep their raw counts at every order (nothing can precede ``<s>``),
@@ -12,17 +14,22 @@ scheme ``lmplz`` uses), with
   that order falls back to (0.5, 1.0, 1.5), as ``lmplz --discount_fallback`` does;
 - unigrams interpolated with the uniform distribution over the vocabulary (words,
   ``</s>`` and ``<unk>``), so ``<unk>`` gets exactly the leftover mass;
-- optional pruning of singletons (raw count 1) from a given order up; an n-gram that is
-  the prefix or suffix of a kept longer n-gram is never pruned, and the backoff weight of
-  a context that lost n-grams is recomputed so that its distribution still sums to one.
+- optional pruning of singletons (raw count 1) from a given order up (``lmplz --prune``
+  with thresholds 0 below that order and 1 from it); an n-gram that is the prefix or
+  suffix of a kept longer n-gram is never pruned.
+
+Unpruned, the two agree to float32 precision (lmplz computes in float32). Pruned, both
+sum to one but share out the pruned n-grams' mass differently: we keep a kept n-gram's
+unpruned probability and recompute its context's backoff, so the mass goes to the words
+that back off; lmplz adds the pruned n-grams' whole counts to the context's
+interpolation weight, which raises the kept n-grams' probabilities too.
 
 ARPA stores an interpolated model exactly: the probability of an observed n-gram is the
 interpolated one, and the backoff weight of a context is its interpolation weight gamma.
 
-After the ARPA is written, ``build_binary`` (KenLM's tool) converts it to the binary
-format when it is found (``$LASS_KENLM_BUILD_BINARY``, the venv's ``bin/`` or ``PATH``;
-kenlm's sdist builds it without Boost with its ``compile_query_only.sh``, about a minute);
-otherwise the ARPA is the result. ``kenlm.Model`` and pyctcdecode load either.
+With ``binary`` (off by default), KenLM's ``build_binary`` converts the ARPA to a trie
+with 8-bit quantised probabilities and backoffs when it is found; otherwise the ARPA is
+the result. ``kenlm.Model`` and pyctcdecode load either.
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from model.atomic import atomic_write_text, atomic_writer
 from model.text import normalize as normalize_text
@@ -112,14 +121,20 @@ def _adjusted_counts(raw: list[Counter[NGram]]) -> list[dict[NGram, int]]:
 
 
 def _discounts(adjusted: dict[NGram, int]) -> tuple[tuple[float, float, float], bool]:
-    """Modified Kneser-Ney discounts (D1, D2, D3+) and whether the fallback was used."""
-    t = Counter(min(c, 4) for g, c in adjusted.items() if g != (BOS,))
+    """Modified Kneser-Ney discounts (D1, D2, D3+) and whether the fallback was used.
+
+    Chen & Goodman's eq. 26 with t_k the number of n-grams of adjusted count exactly k
+    (k = 1..4); defined, as in lmplz, when t1, t2 and t3 are non-zero and each D_k lies
+    in (0, k] (t4 = 0 gives D3+ = 3). lmplz also takes D_k = 0 (it can only happen to D2
+    or D3+, by an exact tie); we fall back there, since it can leave a backoff of zero.
+    """
+    t = Counter(c for g, c in adjusted.items() if g != (BOS,) and c <= 4)
     t1, t2, t3, t4 = t[1], t[2], t[3], t[4]
-    if min(t1, t2, t3, t4) == 0:
+    if min(t1, t2, t3) == 0:
         return FALLBACK_DISCOUNTS, True
     y = t1 / (t1 + 2 * t2)
     d = (1 - 2 * y * t2 / t1, 2 - 3 * y * t3 / t2, 3 - 4 * y * t4 / t3)
-    if not all(0 < dk < k for k, dk in zip((1, 2, 3), d, strict=True)):
+    if not all(0 < dk <= k for k, dk in zip((1, 2, 3), d, strict=True)):
         return FALLBACK_DISCOUNTS, True
     return d, False
 
@@ -147,10 +162,17 @@ def estimate(
     normalize: Callable[[str], str] = normalize_text,
 ) -> NGramModel:
     """Estimate an interpolated modified Kneser-Ney model from text, one sentence a line."""
-    config = config or LMConfig()
-    sentences = _sentences(lines, normalize)
+    return estimate_sentences(_nonempty(_sentences(lines, normalize)), config or LMConfig())
+
+
+def _nonempty(sentences: list[list[str]]) -> list[list[str]]:
     if not sentences:
         raise LMError("no words in the language model's training text")
+    return sentences
+
+
+def estimate_sentences(sentences: Sequence[Sequence[str]], config: LMConfig) -> NGramModel:
+    """Our estimator (pure Python) on sentences already split into words."""
     order = config.order
     raw = _raw_counts(sentences, order)
     adjusted = _adjusted_counts(raw)
@@ -235,27 +257,90 @@ def write_arpa(model: NGramModel, path: Path) -> None:
         f.write("\n\\end\\\n")
 
 
-def find_build_binary() -> str | None:
-    """KenLM's ``build_binary``: ``$LASS_KENLM_BUILD_BINARY``, next to the running Python
-    (a venv's ``bin/``), or on ``PATH``."""
-    env = os.environ.get("LASS_KENLM_BUILD_BINARY")
+# Sort memory for lmplz and build_binary (both default to 80 % of the machine's RAM);
+# past it they sort on disk in a temporary folder, so any corpus still builds.
+KENLM_SORT_MEMORY = "1G"
+# build_binary's quantised format: a bit-packed trie, 8-bit probabilities and backoffs.
+QUANTISED_TRIE = ("-q", "8", "-b", "8", "trie")
+# A checkout's build/kenlm/bin, where scripts/build-kenlm.sh puts the tools.
+_CHECKOUT_BIN = Path(__file__).resolve().parents[2] / "build" / "kenlm" / "bin"
+
+Estimator = Literal["auto", "lmplz", "python"]
+
+
+def find_kenlm_tool(name: str) -> str | None:
+    """A KenLM program (``lmplz``, ``build_binary``): ``$LASS_KENLM_<NAME>`` (a path; any
+    value that is not a file turns the tool off), a checkout's ``build/kenlm/bin``, next
+    to the running Python (a venv's ``bin/``), or on ``PATH``."""
+    env = os.environ.get(f"LASS_KENLM_{name.upper()}")
     if env:
         return env if Path(env).is_file() else None
-    beside = Path(sys.executable).parent / "build_binary"
-    if beside.is_file():
-        return str(beside)
-    return shutil.which("build_binary")
+    for folder in (_CHECKOUT_BIN, Path(sys.executable).parent):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return shutil.which(name)
 
 
-def to_binary(arpa: Path, out: Path, tool: str) -> Path:
-    """Convert an ARPA file with ``build_binary`` (probing structure); atomic."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    result = subprocess.run(
-        [tool, "-s", str(arpa), str(tmp)], capture_output=True, text=True, check=False
-    )
+def find_build_binary() -> str | None:
+    """KenLM's ``build_binary`` (see ``find_kenlm_tool``)."""
+    return find_kenlm_tool("build_binary")
+
+
+def find_lmplz() -> str | None:
+    """KenLM's ``lmplz`` (see ``find_kenlm_tool``)."""
+    return find_kenlm_tool("lmplz")
+
+
+def _run_tool(cmd: list[str], what: Path, stdin: str | None = None) -> None:
+    result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
     if result.returncode != 0:
+        raise LMError(f"{Path(cmd[0]).name} failed on {what}: {result.stderr.strip()[-500:]}")
+
+
+def lmplz_arguments(config: LMConfig) -> list[str]:
+    """lmplz's options for ``config``: the order, the same fallback discounts as ours
+    (lmplz refuses undefined discounts without ``--discount_fallback``), and pruning as
+    per-order count thresholds (the last one applies to every higher order)."""
+    args = ["--order", str(config.order), "--discount_fallback", *map(str, FALLBACK_DISCOUNTS)]
+    k = config.prune_singletons_from
+    if k and k <= config.order:
+        args += ["--prune", *["0"] * (k - 1), "1"]
+    return args
+
+
+def run_lmplz(sentences: Sequence[Sequence[str]], arpa: Path, config: LMConfig, tool: str) -> Path:
+    """Estimate with KenLM's ``lmplz`` and write the ARPA file ``arpa`` (atomically).
+
+    The sentences are already normalised and split: lmplz only splits at spaces.
+    ``--skip_symbols`` reads a literal ``<s>``, ``</s>`` or ``<unk>`` in the text as a
+    space, where lmplz would stop with an error.
+    """
+    tmp = arpa.with_name(f".{arpa.name}.tmp")
+    arpa.parent.mkdir(parents=True, exist_ok=True)  # as our atomic_writer does
+    text = "".join(" ".join(words) + "\n" for words in sentences)
+    with tempfile.TemporaryDirectory(prefix="lmplz-") as scratch:
+        cmd = [tool, *lmplz_arguments(config), "--skip_symbols", "-S", KENLM_SORT_MEMORY]
+        cmd += ["-T", scratch + "/", "--arpa", str(tmp)]
+        try:
+            _run_tool(cmd, arpa, stdin=text)
+        except LMError:
+            tmp.unlink(missing_ok=True)
+            raise
+    os.replace(tmp, arpa)
+    return arpa
+
+
+def to_binary(arpa: Path, out: Path, tool: str, quantised: bool = False) -> Path:
+    """Convert an ARPA file with ``build_binary``: the probing hash table, or with
+    ``quantised`` the 8-bit quantised trie (``QUANTISED_TRIE``); atomic."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    structure = QUANTISED_TRIE if quantised else ("probing",)
+    cmd = [tool, "-s", "-S", KENLM_SORT_MEMORY, *structure, str(arpa), str(tmp)]
+    try:
+        _run_tool(cmd, arpa)
+    except LMError:
         tmp.unlink(missing_ok=True)
-        raise LMError(f"{tool} failed on {arpa}: {result.stderr.strip()[-500:]}")
+        raise
     os.replace(tmp, out)
     return out
 
@@ -267,16 +352,19 @@ def build_lm(
     prune_singletons_from: int = LMConfig.prune_singletons_from,
     binary: bool = LMConfig.binary,
     normalize: Callable[[str], str] = normalize_text,
+    estimator: Estimator = "auto",
 ) -> Path:
     """Build a word n-gram LM from text (a file path, or lines) and return the file written.
 
-        ``out_path`` names the result: with ``binary`` and ``build_binary`` available it gets a
-        ``.bin`` suffix, its words go to ``<name>.bin.unigrams.txt`` (``unigrams_path``; decoders
-    read it) and the ARPA is removed; otherwise the result gets ``.arpa``.
-        ``normalize`` maps a line to space-separated words; the default,
-        :func:`model.text.normalize`, splits them as the decoder does (combining marks stay
-        inside words). Idempotent, so lines the vocabulary already normalised (its
-        alphabet's characters only) keep their words.
+    ``out_path`` names the result: with ``binary`` and ``build_binary`` found it is the
+    quantised trie ``<name>.bin``, its words go to ``<name>.bin.unigrams.txt``
+    (``unigrams_path``; decoders read it) and the ARPA is removed; otherwise the result is
+    ``<name>.arpa``. ``normalize`` maps a line to space-separated words; the default,
+    :func:`model.text.normalize`, splits them as the decoder does (combining marks stay
+    inside words). Idempotent, so lines the vocabulary already normalised (its
+    alphabet's characters only) keep their words. ``estimator``: ``auto`` runs lmplz when
+    it is found and our estimator otherwise; ``lmplz`` fails without it; ``python``
+    always runs ours.
     """
     config = LMConfig(order=order, prune_singletons_from=prune_singletons_from, binary=binary)
     if isinstance(text, str | Path):
@@ -284,18 +372,24 @@ def build_lm(
         if not source.is_file():
             raise LMError(f"language model text not found: {source}")
         with source.open(encoding="utf-8") as f:
-            model = estimate(f, config, normalize)
+            sentences = _nonempty(_sentences(f, normalize))
     else:
-        model = estimate(text, config, normalize)
+        sentences = _nonempty(_sentences(text, normalize))
+    lmplz = find_lmplz() if estimator != "python" else None
+    if estimator == "lmplz" and lmplz is None:
+        raise LMError("KenLM's lmplz is not installed (scripts/build-kenlm.sh builds it)")
     out = Path(out_path)
     arpa = out.with_suffix(".arpa")
-    write_arpa(model, arpa)
+    if lmplz is not None:
+        run_lmplz(sentences, arpa, config, lmplz)
+    else:
+        write_arpa(estimate_sentences(sentences, config), arpa)
     tool = find_build_binary() if config.binary else None
     if tool is None:
         return arpa
-    binary_path = to_binary(arpa, out.with_suffix(".bin"), tool)
+    binary_path = to_binary(arpa, out.with_suffix(".bin"), tool, quantised=True)
     # A binary LM cannot list its words; pyctcdecode needs them to score partial words.
-    words = sorted(g[0] for g in model.log10_prob[0] if g[0] not in (BOS, EOS, UNK))
+    words = sorted(w for w in read_arpa_unigrams(arpa) if w not in (BOS, EOS, UNK))
     atomic_write_text(unigrams_path(binary_path), "\n".join(words) + "\n")
     arpa.unlink()
     return binary_path
@@ -324,3 +418,20 @@ def read_arpa_counts(path: Path) -> tuple[list[int], list[int]]:
             elif line and section > 0:
                 found[section - 1] += 1
     return declared, found
+
+
+def read_arpa_unigrams(path: Path) -> list[str]:
+    """The words of an ARPA file's 1-gram section, in file order (``<s>``, ``</s>`` and
+    ``<unk>`` included)."""
+    words: list[str] = []
+    in_unigrams = False
+    with path.open(encoding="utf-8") as f:
+        for raw_line in f:
+            line = raw_line.strip()
+            if line.startswith("\\"):
+                in_unigrams = line == "\\1-grams:"
+                if words and not in_unigrams:
+                    break
+            elif in_unigrams and line:
+                words.append(line.split("\t")[1])
+    return words

@@ -1,8 +1,10 @@
-"""The n-gram LM builder: hand-checked Kneser-Ney values, normalisation, ARPA validity."""
+"""The n-gram LM builder: hand-checked Kneser-Ney values, normalisation, ARPA validity.
+
+Our estimator is pinned (``estimator="python"``) where a test checks its numbers;
+tests/train/test_kenlm.py compares lmplz with it."""
 
 from __future__ import annotations
 
-import math
 import random
 import unicodedata
 from pathlib import Path
@@ -13,13 +15,14 @@ import torch
 
 from model.decoding import greedy_decode_one
 from model.train.lm import (
+    FALLBACK_DISCOUNTS,
     LMConfig,
     LMError,
+    NGram,
+    _discounts,
     build_lm,
     estimate,
-    find_build_binary,
     read_arpa_counts,
-    unigrams_path,
 )
 from model.vocab import Vocabulary
 
@@ -58,7 +61,7 @@ def test_hand_computed_kneser_ney(tmp_path: Path) -> None:
     # unigram continuation counts a=1 b=1 c=1 </s>=2, gamma=0.5, |V|=5 -> p(a)=0.2,
     # p(</s>)=0.3, p(<unk>)=0.1; p(b|a) = 0.5/2 + 0.5*0.2 = 0.35; p(a|<s>) = 0.5 + 0.5*0.2;
     # context b has one follower: gamma = 0.5, p(</s>|b) = 0.5 + 0.5*0.3, p(<unk>|b) = 0.5*0.1.
-    path = build_lm(["a b", "a c"], tmp_path / "tiny", order=2)
+    path = build_lm(["a b", "a c"], tmp_path / "tiny", order=2, estimator="python")
     model = kenlm.Model(str(path))
     assert conditional(model, ["a"], "b") == pytest.approx(0.35, abs=1e-6)
     assert conditional(model, [], "a") == pytest.approx(0.6, abs=1e-6)
@@ -68,9 +71,24 @@ def test_hand_computed_kneser_ney(tmp_path: Path) -> None:
     assert est.fallback_orders == [1, 2] and est.discounts[0] == (0.5, 1.0, 1.5)
 
 
+def test_discounts_use_counts_of_exactly_k() -> None:
+    # Chen & Goodman's t_k counts n-grams of adjusted count exactly k: with t = 6, 3, 2, 1
+    # (and five n-grams seen 9 times, which are no t_4), Y = 0.5 and D = 0.5, 1, 2.
+    counts = [1] * 6 + [2] * 3 + [3] * 2 + [4] + [9] * 5
+    adjusted: dict[NGram, int] = {(f"w{i}",): c for i, c in enumerate(counts)}
+    assert _discounts(adjusted) == (pytest.approx((0.5, 1.0, 2.0)), False)
+    # No n-gram of count exactly 4 gives D3+ = 3, as in lmplz: not a fallback.
+    without_4 = {g: c for g, c in adjusted.items() if c != 4}
+    assert _discounts(without_4) == (pytest.approx((0.5, 1.0, 3.0)), False)
+    without_3 = {g: c for g, c in adjusted.items() if c != 3}
+    assert _discounts(without_3) == (FALLBACK_DISCOUNTS, True)
+
+
 @pytest.mark.parametrize("prune", [0, 2, 3])
 def test_distributions_sum_to_one(tmp_path: Path, prune: int) -> None:
-    path = build_lm(CORPUS, tmp_path / "en", order=3, prune_singletons_from=prune, binary=False)
+    path = build_lm(
+        CORPUS, tmp_path / "en", order=3, prune_singletons_from=prune, estimator="python"
+    )
     assert path.suffix == ".arpa"
     declared, found = read_arpa_counts(path)
     assert declared == found and len(declared) == 3
@@ -83,8 +101,10 @@ def test_distributions_sum_to_one(tmp_path: Path, prune: int) -> None:
 
 
 def test_pruning_keeps_files_small_and_consistent(tmp_path: Path) -> None:
-    full = build_lm(CORPUS, tmp_path / "full", order=3, binary=False)
-    pruned = build_lm(CORPUS, tmp_path / "pruned", order=3, prune_singletons_from=2, binary=False)
+    full = build_lm(CORPUS, tmp_path / "full", order=3, estimator="python")
+    pruned = build_lm(
+        CORPUS, tmp_path / "pruned", order=3, prune_singletons_from=2, estimator="python"
+    )
     full_counts, _ = read_arpa_counts(full)
     pruned_counts, _ = read_arpa_counts(pruned)
     assert pruned_counts[0] == full_counts[0]  # unigrams are never pruned
@@ -141,20 +161,6 @@ def test_bad_input_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="prune"):
         LMConfig(prune_singletons_from=1)
     assert LMConfig().prune_singletons_from == 0
-
-
-def test_binary_when_build_binary_is_available(tmp_path: Path) -> None:
-    path = build_lm(CORPUS, tmp_path / "en", order=3)
-    if find_build_binary() is None:
-        assert path.suffix == ".arpa"  # documented fallback: keep the ARPA
-        return
-    assert path.suffix == ".bin" and not path.with_suffix(".arpa").exists()
-    assert "cat" in unigrams_path(path).read_text().split()
-    arpa = build_lm(CORPUS, tmp_path / "ref", order=3, binary=False)
-    a, b = kenlm.Model(str(path)), kenlm.Model(str(arpa))
-    for sentence in CORPUS:
-        assert a.score(sentence) == pytest.approx(b.score(sentence), abs=1e-4)
-    assert math.isfinite(a.score("unknown words here"))
 
 
 # Letters with combining marks (Unicode M*) that NFC cannot fold into one code point:
