@@ -146,5 +146,5 @@ def engine_api_error(
     message = f"{spec.message} ({detail})" if detail else spec.message
     if isinstance(exc, UnknownLanguageError) and languages:
         message = f"{detail}; supported: {', '.join(languages)}"
-    headers = {"Retry-After": str(retry_after_s)} if spec.retry else None
+    headers = {"Retry-After": str(max(1, retry_after_s))} if spec.retry else None
     return ApiError(spec.status, message, param=spec.param, code=spec.code, headers=headers)

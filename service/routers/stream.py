@@ -12,12 +12,12 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, WebSocket
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from lass import __version__
 from model.config import SAMPLE_RATE
 from service.context import AppContext, get_context
-from service.engine import DecodeOptions
+from service.params import Channels, DecodeParams, SampleRate
 from service.streaming.channel import (
     BAD_DATA,
     FINISH_FIRST,
@@ -44,20 +44,16 @@ router = APIRouter(tags=["streaming"])
 PATH = "/v1/stream"
 
 
-class StartMessage(BaseModel):
-    """The first message of a native stream. Unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid")
+class StartMessage(DecodeParams):
+    """The first message of a native stream: the decoding fields and limits of REST's
+    (``service.params``), plus the stream's own. Unknown fields are refused."""
 
     type: Literal["start"]
     language: str | None = None  # None or "auto": identify each utterance's language
-    sample_rate: Annotated[int, Field(ge=8_000, le=192_000)] = 16_000
+    sample_rate: SampleRate = 16_000
     encoding: str = "pcm_s16le"
-    channels: Annotated[int, Field(ge=1, le=8)] = 1
+    channels: Channels = 1
     partials: bool = True
-    decoder: Literal["greedy", "beam"] = "greedy"
-    beam_width: Annotated[int | None, Field(ge=1, le=64)] = None
-    hotwords: Annotated[list[Annotated[str, Field(max_length=100)]], Field(max_length=100)] = []
     silence_ms: Annotated[int | None, Field(ge=100, le=5_000)] = None
     prefix_padding_ms: Annotated[int, Field(ge=0, le=2_000)] = 300
     vad_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
@@ -115,8 +111,7 @@ def stream_options(start: StartMessage, ctx: AppContext) -> tuple[StreamOptions,
         prefix_padding_ms=start.prefix_padding_ms,
         max_utterance_s=max_utterance,
     )
-    beam = start.decoder == "beam" or (settings.decoder == "beam") or bool(start.hotwords)
-    decode = DecodeOptions(beam=beam, hotwords=tuple(start.hotwords), beam_width=start.beam_width)
+    decode = start.options(settings.decoder)
     options = StreamOptions(
         language=language,
         partials=start.partials,

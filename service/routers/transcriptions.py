@@ -10,9 +10,10 @@ Two body kinds:
 - a raw audio body: ``audio/pcm`` (s16le, ``?sample_rate=&channels=``) or any encoded
   ``audio/*`` type, with the same fields as query parameters.
 
-The form is parsed here rather than by FastAPI's parameter machinery, so every bad field is
+The form is read here rather than by FastAPI's parameter machinery, so every bad field is
 answered with a 400 naming it (FastAPI would turn a broken body into a generic 400), and the
-size guard (``BodySizeLimitMiddleware``) has already cut off oversized bodies.
+size guard (``BodySizeLimitMiddleware``) has already cut off oversized bodies; its fields
+are validated by one pydantic model, ``service.params.TranscriptionRequest``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -33,23 +33,21 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from service.audio import (
-    MAX_SAMPLE_RATE,
-    MIN_SAMPLE_RATE,
-    AudioError,
-    DecodedAudio,
-    decode_audio,
-    decode_pcm,
-)
+from service.audio import AudioError, DecodedAudio, decode_audio, decode_pcm
 from service.context import AppContext, get_context
-from service.engine import (
-    MIN_SAMPLES,
-    DecodeOptions,
-    TranscriptionResult,
-)
+from service.engine import NotReadyError, TranscriptionResult, UnknownLanguageError
 from service.engine_errors import engine_api_error, engine_error_spec
 from service.errors import ApiError, bad_field, from_audio_error
-from service.formats import GRANULARITIES, RESPONSE_FORMATS, render
+from service.formats import render
+from service.params import (
+    BEAM_WORK_BUDGET,
+    KNOWN_FIELDS,
+    TranscriptionRequest,
+    check_beam_work,
+    echo,
+    openapi_form_schema,
+    parse_params,
+)
 from service.ratelimit import AudioAllowance, audio_allowance
 
 log = logging.getLogger("lass.service")
@@ -57,196 +55,7 @@ router = APIRouter(tags=["audio"])
 
 PATH = "/v1/audio/transcriptions"
 CLIENT_CLOSED = 499
-# OpenAI fields lass accepts but has no use for (a CTC model has no prompt or sampling).
-IGNORED_FIELDS = frozenset({"prompt", "stream", "include[]", "chunking_strategy"})
-KNOWN_FIELDS = frozenset(
-    {
-        "file",
-        "model",
-        "language",
-        "response_format",
-        "temperature",
-        "timestamp_granularities[]",
-        "timestamp_granularities",
-        "hotwords",
-        "hotwords[]",
-        "decoder",
-        "beam_width",
-        "sample_rate",
-        "channels",
-    }
-    | IGNORED_FIELDS
-)
 PCM_TYPES = frozenset({"audio/pcm", "audio/l16", "audio/x-pcm", "audio/s16le"})
-
-# Hotwords (docs/api.md, "Limits"): pyctcdecode matches every hotword against every beam's
-# text at every frame, so their size multiplies the search's cost (one 1 MB phrase held a
-# beam search for 22+ minutes). A hotword is a word or a short phrase.
-MAX_HOTWORDS = 100
-MAX_HOTWORD_BYTES = 64  # one phrase, UTF-8
-MAX_HOTWORD_WORDS = 5  # one phrase
-MAX_HOTWORDS_TOTAL_BYTES = 1024
-# Beam-search work: beam_width x audio seconds x (1 + hotword bytes / HOTWORD_BYTES_PER_UNIT)
-# may not pass BEAM_WORK_BUDGET (or, when larger, what the server's own defaults need:
-# LASS_BEAM_WIDTH over LASS_MAX_AUDIO_SECONDS). Measured without an LM, the costly case:
-# about 0.3 ms of search per unit on one core, so the budget is ~10 s; beam 16 fits 30 min
-# of audio, beam 256 112 s, and 10 hotwords of 8 letters at beam 16 fit 85 s
-# (docs/reliability.md).
-BEAM_WORK_BUDGET = 28_800
-HOTWORD_BYTES_PER_UNIT = 4
-
-
-@dataclass
-class TranscriptionParams:
-    """Validated request fields."""
-
-    model: str | None = None
-    language: str | None = None
-    response_format: str = "json"
-    temperature: float = 0.0
-    granularities: list[str] = field(default_factory=list)
-    hotwords: list[str] = field(default_factory=list)
-    decoder: str | None = None
-    beam_width: int | None = None
-    sample_rate: int = 16_000
-    channels: int = 1
-
-
-def _one(fields: Mapping[str, list[str]], name: str) -> str | None:
-    values = fields.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise bad_field(name, f"'{name}' given {len(values)} times; give it once")
-    return values[0].strip()
-
-
-def _number(
-    fields: Mapping[str, list[str]], name: str, kind: type[int] | type[float]
-) -> float | None:
-    raw = _one(fields, name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise bad_field(name, f"'{name}' must be a number, got {_echo(raw)!r}") from None
-    if not math.isfinite(value):
-        raise bad_field(name, f"'{name}' must be finite, got {_echo(raw)!r}")
-    return value
-
-
-def parse_params(fields: Mapping[str, list[str]]) -> TranscriptionParams:
-    """Validate text fields (each a list of its values); ApiError 400 naming the field."""
-    unknown = sorted(set(fields) - KNOWN_FIELDS)
-    if unknown:
-        name = _echo(unknown[0])
-        raise bad_field(name, f"unknown field '{name}'", code="unknown_parameter")
-    params = TranscriptionParams(model=_one(fields, "model") or None)
-    params.language = (_one(fields, "language") or "").lower() or None
-    response_format = _one(fields, "response_format") or "json"
-    if response_format not in RESPONSE_FORMATS:
-        raise bad_field(
-            "response_format",
-            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}; "
-            f"got {_echo(response_format)!r}",
-        )
-    params.response_format = response_format
-    temperature = _number(fields, "temperature", float)
-    if temperature is not None:
-        if not 0.0 <= temperature <= 1.0:
-            raise bad_field("temperature", "temperature must be between 0 and 1")
-        params.temperature = temperature
-    grans = [
-        *fields.get("timestamp_granularities[]", []),
-        *fields.get("timestamp_granularities", []),
-    ]
-    for g in grans:
-        if g not in GRANULARITIES:
-            raise bad_field(
-                "timestamp_granularities[]",
-                f"timestamp_granularities[] values are 'word' and 'segment'; got {_echo(g)!r}",
-            )
-    if grans and response_format != "verbose_json":
-        raise bad_field(
-            "timestamp_granularities[]",
-            "timestamp_granularities[] requires response_format=verbose_json",
-        )
-    params.granularities = grans or ["segment"]
-    params.hotwords = parse_hotwords(fields)
-    decoder = _one(fields, "decoder")
-    if decoder is not None and decoder not in ("greedy", "beam"):
-        raise bad_field("decoder", f"decoder must be 'greedy' or 'beam'; got {_echo(decoder)!r}")
-    params.decoder = decoder
-    beam_width = _number(fields, "beam_width", int)
-    if beam_width is not None:
-        if not 1 <= beam_width <= 256:
-            raise bad_field("beam_width", "beam_width must be between 1 and 256")
-        params.beam_width = int(beam_width)
-    sample_rate = _number(fields, "sample_rate", int)
-    if sample_rate is not None:
-        if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-            raise bad_field(
-                "sample_rate",
-                f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz",
-            )
-        params.sample_rate = int(sample_rate)
-    channels = _number(fields, "channels", int)
-    if channels is not None:
-        if not 1 <= channels <= 8:
-            raise bad_field("channels", "channels must be between 1 and 8")
-        params.channels = int(channels)
-    return params
-
-
-def parse_hotwords(fields: Mapping[str, list[str]]) -> list[str]:
-    """``hotwords`` (repeated and/or comma-separated) within the hotword limits."""
-    words: list[str] = []
-    for raw in [*fields.get("hotwords", []), *fields.get("hotwords[]", [])]:
-        if len(raw.encode()) > MAX_HOTWORDS_TOTAL_BYTES:  # before splitting a huge field
-            raise bad_field("hotwords", f"hotwords hold at most {MAX_HOTWORDS_TOTAL_BYTES} bytes")
-        words.extend(w.strip() for w in raw.split(",") if w.strip())
-    if len(words) > MAX_HOTWORDS:
-        raise bad_field("hotwords", f"at most {MAX_HOTWORDS} hotwords")
-    for word in words:
-        if len(word.encode()) > MAX_HOTWORD_BYTES or len(word.split()) > MAX_HOTWORD_WORDS:
-            raise bad_field(
-                "hotwords",
-                f"a hotword is at most {MAX_HOTWORD_WORDS} words and {MAX_HOTWORD_BYTES} bytes;"
-                f" got {_echo(word)!r}",
-            )
-    if sum(len(w.encode()) for w in words) > MAX_HOTWORDS_TOTAL_BYTES:
-        raise bad_field("hotwords", f"hotwords hold at most {MAX_HOTWORDS_TOTAL_BYTES} bytes")
-    return words
-
-
-def beam_work(beam_width: int, seconds: float, hotwords: Sequence[str]) -> float:
-    """Units of beam-search work (see ``BEAM_WORK_BUDGET``)."""
-    hotword_bytes = sum(len(w.encode()) for w in hotwords)
-    return beam_width * seconds * (1 + hotword_bytes / HOTWORD_BYTES_PER_UNIT)
-
-
-def check_beam_work(
-    beam_width: int, seconds: float, hotwords: Sequence[str], budget: float
-) -> None:
-    """ApiError 400 (``beam_search_too_large``) when the search would pass ``budget``."""
-    if beam_work(beam_width, seconds, hotwords) <= budget:
-        return
-    fits = int(budget // beam_work(1, seconds, hotwords))
-    advice = f"use beam_width {fits} or less" if fits >= 1 else "send fewer or shorter hotwords"
-    raise bad_field(
-        "hotwords" if hotwords and fits < 1 else "beam_width",
-        f"beam search over {seconds:.1f} s of audio at beam_width {beam_width} with "
-        f"{sum(len(w.encode()) for w in hotwords)} bytes of hotwords is over this server's "
-        f"budget (beam_width x seconds x (1 + hotword bytes / {HOTWORD_BYTES_PER_UNIT}) <= "
-        f"{budget:g}): {advice}, or decoder=greedy",
-        code="beam_search_too_large",
-    )
-
-
-def _echo(text: str, limit: int = 100) -> str:
-    """A client-supplied value, cut to ``limit`` characters, for an error message."""
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass
@@ -255,6 +64,18 @@ class Upload:
     filename: str | None
     content_type: str | None
     pcm: bool
+
+
+def refusal(ctx: AppContext, exc: Exception) -> ApiError:
+    """The answer to engine error ``exc`` (``service.engine_errors``), counted as a
+    rejection when the table says so."""
+    error = engine_api_error(exc, ctx.settings.retry_after_s, ctx.engine.languages)
+    spec = engine_error_spec(exc)
+    if error is None or spec is None:
+        raise TypeError(f"not an engine error: {exc!r}")
+    if spec.reject is not None:
+        ctx.metrics.reject(spec.reject)
+    return error
 
 
 def _client_closed() -> ApiError:
@@ -320,7 +141,7 @@ async def read_request(request: Request) -> tuple[dict[str, list[str]], Upload]:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != "file":
-                    name = _echo(key)
+                    name = echo(key)
                     raise bad_field(
                         name, f"unexpected file field '{name}'; send the audio as 'file'"
                     )
@@ -348,14 +169,14 @@ async def read_request(request: Request) -> tuple[dict[str, list[str]], Upload]:
         return fields, Upload(data, None, media, media in PCM_TYPES)
     raise ApiError(
         415,
-        f"unsupported Content-Type {_echo(media or '(none)')!r}: send multipart/form-data with a "
+        f"unsupported Content-Type {echo(media or '(none)')!r}: send multipart/form-data with a "
         "'file' field, audio/pcm (s16le) or an audio/* body",
         code="unsupported_content_type",
         param="Content-Type",
     )
 
 
-def _decode(upload: Upload, params: TranscriptionParams, max_seconds: float) -> DecodedAudio:
+def _decode(upload: Upload, params: TranscriptionRequest, max_seconds: float) -> DecodedAudio:
     if upload.pcm:
         return decode_pcm(upload.data, params.sample_rate, params.channels, max_seconds)
     return decode_audio(upload.data, upload.filename, upload.content_type, max_seconds)
@@ -380,31 +201,16 @@ def _batch_header(result: TranscriptionResult) -> str:
 
 def _openapi_body() -> dict[str, Any]:
     """The request body for the OpenAPI schema: the route parses it itself (see the module
-    docstring), so FastAPI cannot derive it from parameters."""
-    text = {"type": "string"}
-    form = {
-        "type": "object",
-        "required": ["file"],
-        "properties": {
-            "file": {"type": "string", "format": "binary", "description": "the audio"},
-            "model": text,
-            "language": text,
-            "prompt": text,
-            "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
-            "timestamp_granularities[]": {
-                "type": "array",
-                "items": {"type": "string", "enum": list(GRANULARITIES)},
-            },
-            "hotwords": {"type": "array", "items": text, "maxItems": MAX_HOTWORDS},
-            "decoder": {"type": "string", "enum": ["greedy", "beam"]},
-            "beam_width": {"type": "integer", "minimum": 1, "maximum": 256},
-        },
-    }
+    docstring), so FastAPI cannot derive it from parameters; the form's schema is
+    :class:`service.params.TranscriptionRequest`'s."""
     raw = {"schema": {"type": "string", "format": "binary"}}
     return {
         "required": True,
-        "content": {"multipart/form-data": {"schema": form}, "audio/pcm": raw, "audio/*": raw},
+        "content": {
+            "multipart/form-data": {"schema": openapi_form_schema()},
+            "audio/pcm": raw,
+            "audio/*": raw,
+        },
     }
 
 
@@ -454,26 +260,18 @@ async def create_transcription(
     fields, upload = await read_request(request)
     params = parse_params(fields)
     if not engine.ready:
-        raise ApiError(
-            503,
-            f"the model is not ready ({engine.error or 'loading'})",
-            code="not_ready",
-            headers={"Retry-After": str(max(1, ctx.settings.retry_after_s))},
-        )
+        raise refusal(ctx, NotReadyError(engine.error or "loading"))
     accepted = [engine.model_id, *ctx.settings.model_aliases]
     if params.model is not None and params.model not in accepted:
         raise bad_field(
             "model",
-            f"model {_echo(params.model)!r} is not served here; use one of {', '.join(accepted)}",
+            f"model {echo(params.model)!r} is not served here; use one of {', '.join(accepted)}",
             code="model_not_found",
         )
     languages = engine.languages
     if params.language is not None and params.language not in languages:
-        raise bad_field(
-            "language",
-            f"language {_echo(params.language)!r} is not supported; supported: "
-            + ", ".join(languages),
-            code="unsupported_language",
+        raise refusal(
+            ctx, UnknownLanguageError(f"language {echo(params.language)!r} is not supported")
         )
     if params.language is None and not (engine.worker and engine.worker.has_lid):
         raise bad_field(
@@ -494,7 +292,7 @@ async def create_transcription(
 async def _transcribe(
     ctx: AppContext,
     upload: Upload,
-    params: TranscriptionParams,
+    params: TranscriptionRequest,
     allowance: AudioAllowance,
     watch: DisconnectWatch,
 ) -> Response:
@@ -513,19 +311,8 @@ async def _transcribe(
     ctx.metrics.observe_stage("audio_decode", audio_s)
     if audio.samples.size == 0:
         raise ApiError(400, "the audio holds no samples", param="file", code="empty_file")
-    if audio.samples.size < MIN_SAMPLES:
-        raise ApiError(
-            400,
-            f"the audio is {audio.duration:.3f} s long; the minimum is 0.1 s",
-            param="file",
-            code="audio_too_short",
-        )
     allowance.charge(audio.duration)  # 429 over LASS_RATE_LIMIT_AUDIO_SECONDS_PER_MINUTE
-    options = DecodeOptions(
-        beam=(params.decoder or ctx.settings.decoder) == "beam",
-        hotwords=tuple(params.hotwords),
-        beam_width=params.beam_width,
-    )
+    options = params.options(ctx.settings.decoder)
     if options.beam or options.hotwords:
         settings = ctx.settings
         budget = max(BEAM_WORK_BUDGET, settings.beam_width * settings.max_audio_seconds)
@@ -540,13 +327,9 @@ async def _transcribe(
             engine.transcribe(audio.samples, params.language, options, request_id=uuid.uuid4().hex)
         )
     except Exception as exc:
-        error = engine_api_error(exc, ctx.settings.retry_after_s, engine.languages)
-        if error is None:
+        if engine_error_spec(exc) is None:
             raise
-        spec = engine_error_spec(exc)
-        if spec is not None and spec.reject is not None:
-            ctx.metrics.reject(spec.reject)
-        raise error from exc
+        raise refusal(ctx, exc) from exc
     body, media = render(
         result.transcript, audio.duration, params.response_format, params.granularities
     )

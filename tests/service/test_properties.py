@@ -6,7 +6,7 @@ any input a client can send and answer with a documented error, never another ex
   ``DecodedAudio`` of finite float32 samples, or an ``AudioError`` (4xx, short message);
 - ``decode_pcm`` on random bytes, rates and channel counts: the same, and it decodes exactly
   when the parameters are in range and the length holds whole frames;
-- ``parse_params`` on random fields: ``TranscriptionParams`` within the documented ranges,
+- ``parse_params`` on random fields: ``TranscriptionRequest`` within the documented ranges,
   or an ``ApiError`` 400 naming a field with a message that quotes at most 100 characters
   of client input; well-formed fields always parse, to the values given.
 """
@@ -32,7 +32,7 @@ from model.audio import (
 )
 from service.errors import ApiError, from_audio_error
 from service.formats import GRANULARITIES, RESPONSE_FORMATS
-from service.routers.transcriptions import KNOWN_FIELDS, TranscriptionParams, parse_params
+from service.params import KNOWN_FIELDS, MAX_BEAM_WIDTH, TranscriptionRequest, parse_params
 from tests.service.test_audio import ENCODINGS, encode, wav_bytes
 
 MAX_SECONDS = 30.0
@@ -149,14 +149,14 @@ VALUES = st.one_of(
 )
 
 
-def check_params(params: TranscriptionParams) -> None:
+def check_params(params: TranscriptionRequest) -> None:
     assert params.response_format in RESPONSE_FORMATS
     assert 0.0 <= params.temperature <= 1.0
     assert set(params.granularities) <= set(GRANULARITIES)
     assert params.decoder in (None, "greedy", "beam")
-    assert params.beam_width is None or 1 <= params.beam_width <= 256
+    assert params.beam_width is None or 1 <= params.beam_width <= MAX_BEAM_WIDTH
     assert MIN_SAMPLE_RATE <= params.sample_rate <= MAX_SAMPLE_RATE
-    assert 1 <= params.channels <= 8
+    assert 1 <= params.channels <= MAX_PCM_CHANNELS
     assert len(params.hotwords) <= 100
 
 
