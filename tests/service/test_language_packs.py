@@ -18,8 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jiwer
 
-from tests.conftest import Server, Utterance, stop_server
+from model.bundle import read_bundle
+from model.packs import check_pack, read_pack
+from model.train.data.espeak import Voice, synthesize_to_wav
+from service.settings import DEFAULT_BUNDLE
+from tests.conftest import REPO, Server, Utterance, stop_server
 from tests.model.test_packs import random_pack
 from tests.service.conftest import make_bundle, serve
 
@@ -221,3 +226,35 @@ def test_bad_packs_are_refused_with_what_is_wrong(
     assert escape.status_code == 422 and "outside the pack" in escape.text
     assert upload(server, b"not an archive").status_code == 422
     assert "sv" not in languages(server)
+
+
+# ----------------------------------------------------- the Swedish pack we ship
+SHIPPED_SV = REPO / "model" / "language_packs" / "sv"
+SWEDISH = "jag tycker om att läsa böcker på kvällen"
+
+
+def test_the_shipped_swedish_pack_fits_the_default_bundle_and_transcribes_swedish(
+    tmp_path: Path,
+) -> None:
+    """The pack `lass train add-language` learnt over the default bundle (docs/training.md):
+    verified, added over HTTP, and it transcribes a sentence it never heard."""
+    pack = read_pack(SHIPPED_SV)
+    bundle = read_bundle(DEFAULT_BUNDLE)
+    check_pack(pack, bundle.manifest, bundle.model)  # bound to these very weights
+    assert pack.language == "sv" and pack.manifest["metrics"]["cer"]["greedy"] < 0.15
+    wav = tmp_path / "sv.wav"
+    synthesize_to_wav(SWEDISH, Voice("sv"), wav)
+    server = serve(
+        tmp_path, DEFAULT_BUNDLE, LASS_API_KEYS=KEYS, LASS_BATCH_MODE="mixed", LASS_WARMUP="false"
+    )
+    try:
+        assert "sv" not in languages(server)
+        added = upload(server, tar_of(SHIPPED_SV))
+        assert added.status_code in (200, 201), added.text
+        assert languages(server)["sv"]["identifiable"] is False
+        response = transcribe(server, Utterance(wav, SWEDISH, "sv", 0.0), "sv")
+        assert response.status_code == 200, response.text
+        text = response.json()["text"]
+        assert jiwer.cer(SWEDISH, text.strip().lower()) < 0.3, text
+    finally:
+        stop_server(server)
