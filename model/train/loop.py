@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from model.train import checkpoint as ckpt
 from model.train.config import LoopConfig, OptimConfig
-from model.train.distributed import DistInfo, average_gradients, barrier, broadcast_modules
+from model.train.distributed import DistInfo, ParallelStep, barrier, broadcast_modules
 from model.train.metrics import MetricsLog
 from model.train.objectives import StepResult
 from model.train.progress import progress_bar
@@ -117,26 +117,35 @@ def train_loop(
     out_dir = Path(out_dir)
     params = [p for p in params if p.requires_grad]
     optim_cfg = cfg.optim if lr is None else dataclasses.replace(cfg.optim, lr=lr)
-    optimizer = make_optimizer(params, optim_cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, optim_cfg)
-    )
     state = LoopState()
     path = out_dir / CHECKPOINT
-    if path.exists():
-        saved = ckpt.load(path)
+    saved = ckpt.load(path) if path.exists() else None
+    if saved is not None:
         for key, module in modules.items():
             module.load_state_dict(saved["modules"][key])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
         state = LoopState(**saved["state"])
-        ckpt.set_rng_state(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)])
-        if state.step < total and dist.is_main and not quiet:
-            Console(stderr=True).print(f"{name}: resuming from step {state.step} ({path})")
+        if state.step >= total:
+            return state
     else:
         ckpt.seed_everything(cfg.seed + dist.rank)
         broadcast_modules(modules.values(), dist)
+    # Under torchrun the step runs through DDP or FSDP ($LASS_DATA_PARALLEL); the optimizer
+    # holds the parameters it gives (FSDP: sharded). One process wraps nothing.
+    parallel = ParallelStep(modules, params, step_fn, dist)
+    optimizer = make_optimizer(parallel.params, optim_cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, optim_cfg)
+    )
+    if saved is not None:
+        parallel.load_optimizer_state_dict(optimizer, saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        ckpt.set_rng_state(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)])
+        if dist.is_main and not quiet:
+            Console(stderr=True).print(f"{name}: resuming from step {state.step} ({path})")
+    if dist.enabled and dist.is_main and not quiet:
+        Console(stderr=True).print(f"{name}: {dist.world_size} ranks, {parallel.engine}")
     if state.step >= total:
+        parallel.close()
         return state
 
     log = MetricsLog(out_dir, resume_step=state.step) if dist.is_main else None
@@ -151,11 +160,13 @@ def train_loop(
 
     def save() -> None:
         rngs = _gather_rng(dist)
+        module_states = parallel.module_state_dicts(modules)
+        optimizer_state = parallel.optimizer_state_dict(optimizer)
         if dist.is_main:
             ckpt.atomic_save(
                 {
-                    "modules": {k: m.state_dict() for k, m in modules.items()},
-                    "optimizer": optimizer.state_dict(),
+                    "modules": module_states,
+                    "optimizer": optimizer_state,
                     "scheduler": scheduler.state_dict(),
                     "state": dataclasses.asdict(state),
                     "rng": rngs,
@@ -185,16 +196,14 @@ def train_loop(
             for batch in loader:
                 batch = batch_to(batch, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    result = step_fn(batch, state.step)
+                    result = parallel.forward(batch, state.step)
                 loss = result.loss.float()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{name}: loss is {loss.item()} at step {state.step}")
-                (loss * result.weight).backward()
-                average_gradients(list(params), result.weight, dist)
-                if optim_cfg.grad_clip > 0:
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip))
-                else:
-                    gnorm = 0.0
+                parallel.backward(loss, result.weight)
+                gnorm = (
+                    parallel.clip_grad_norm(optim_cfg.grad_clip) if optim_cfg.grad_clip > 0 else 0.0
+                )
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -237,6 +246,7 @@ def train_loop(
                 state.batch_in_epoch = 0
                 continue
             break
+    parallel.close()
     if log is not None:
         log.close()
     return state

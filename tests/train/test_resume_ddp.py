@@ -3,7 +3,7 @@
 * A run killed with SIGKILL resumes from its last checkpoint: it ends with exactly the
   weights of an uninterrupted run and one metrics row per step.
 * ``torchrun`` with 2 processes (gloo, CPU) ends with the weights of one process that
-  sees the same global batches.
+  sees the same global batches, under each data-parallel engine (``$LASS_DATA_PARALLEL``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,12 @@ def test_sigkill_resumes_from_last_checkpoint(micro_corpus: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one(micro_corpus: Path, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "allreduce"])
+def test_torchrun_two_processes_match_one(
+    engine: str,
+    micro_corpus: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     config, _ = micro_config(tmp_path, micro_corpus, method="dense")
     sets = ("finetune.steps=4", "finetune.lid_steps=0", "finetune.max_batch_size=4")
     single = tmp_path / "single"
@@ -107,12 +112,13 @@ def test_torchrun_two_processes_match_one(micro_corpus: Path, tmp_path: Path) ->
     two = subprocess.run(
         torchrun + finetune_cmd(config, ddp, *sets)[1:],
         cwd=REPO,
-        env=ENV,
+        env={**ENV, "LASS_DATA_PARALLEL": engine},
         capture_output=True,
         text=True,
         timeout=400,
     )
     assert two.returncode == 0, two.stderr[-3000:]
+    assert f"finetune: 2 ranks, {engine}" in two.stderr
     a, b = final_weights(single), final_weights(ddp)
     assert_same_weights(a, b, atol=2e-5)
     saved = ckpt.load(ddp / "finetune" / "checkpoint.pt")
