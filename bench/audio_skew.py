@@ -95,7 +95,12 @@ def encode_stereo(samples: np.ndarray, path: Path, encoder: str, bit_rate: int) 
 
 
 def _relative(entry: ManifestEntry, folder: str, suffix: str) -> str:
-    return str(Path(folder) / Path(entry.audio).with_suffix(suffix))
+    """The clip's path under ``folder`` with ``suffix``, relative to the work folder (an
+    absolute manifest path is mirrored below ``folder`` too, never written in place)."""
+    audio = Path(entry.audio)
+    if audio.is_absolute():
+        audio = audio.relative_to(audio.anchor)
+    return str(Path(folder) / audio.with_suffix(suffix))
 
 
 def run(

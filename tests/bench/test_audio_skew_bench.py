@@ -28,7 +28,11 @@ def test_audio_skew_bench_on_a_small_corpus(
         for u in speech[lang]
     ]
     write_manifest(corpus / "test.jsonl", entries)
+    before = {e.audio: Path(e.audio).read_bytes() for e in entries}
     assert main([str(tmp_path / "work"), "--corpus", str(corpus), "--format", fmt]) == 0
+    # Absolute manifest paths are mirrored under the work folder, the clips left alone.
+    assert {e.audio: Path(e.audio).read_bytes() for e in entries} == before
+    assert not list(Path(entries[0].audio).parent.glob(f"*.{fmt}"))
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["clips"] == 4
     assert set(result["cer_greedy"]) == {"wav", "trainer", "service"}
