@@ -1,7 +1,7 @@
 """One data-parallel training step under each engine of ``model.train.distributed``.
 
 Run under torchrun, e.g. ``torchrun --standalone --nproc-per-node 2 -m bench.data_parallel``.
-Every engine (``--engines``, default ``ddp,allreduce,fsdp``) trains its own copy of the
+Every engine (``--engines``, default ``ddp,fsdp``) trains its own copy of the
 same model through ``ParallelStep``, exactly as ``lass train finetune`` does: forward,
 CTC loss, backward with the engine's gradient averaging, clipping, AdamW update. Each
 rank takes its stride of one global batch of random audio. Engines are interleaved
@@ -23,7 +23,7 @@ from typing import Any
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.data_parallel", description=__doc__)
     p.add_argument("--config", default="tiny", help="backbone preset")
-    p.add_argument("--engines", default="ddp,allreduce,fsdp", help="comma-separated")
+    p.add_argument("--engines", default="ddp,fsdp", help="comma-separated")
     p.add_argument("--batch", type=int, default=8, help="utterances per global batch")
     p.add_argument("--seconds", type=float, default=4.0, help="length of each utterance")
     p.add_argument("--repeats", type=int, default=7, help="timed steps per engine (median)")

@@ -3,24 +3,24 @@
 Ranks are weighted by their share of the loss units (``StepResult.weight``), so N
 processes with batches b_1..b_N give exactly the gradient of one process with the
 concatenated global batch. :class:`ParallelStep` runs a step's forward and backward
-through one of three engines, chosen with ``$LASS_DATA_PARALLEL`` (an environment
+through one of two engines, chosen with ``$LASS_DATA_PARALLEL`` (an environment
 variable rather than a config key, so recorded configs do not change):
 
 * ``ddp`` (the default): ``DistributedDataParallel``. Gradients are all-reduced in
-  buckets while the backward pass still runs. The objectives call
+  buckets while the backward pass still runs, and live in those buckets (no second
+  copy); a hand-written flat ``all_reduce`` after the backward pass was slower
+  (docs/benchmarks.md, "Data-parallel step"). The objectives call
   ``extract_features``/``encode``/``identify_language`` rather than ``forward``, so the
   trained modules are wrapped in :class:`StepModule`, whose ``forward`` runs the whole
   step; ``find_unused_parameters`` because masked or adapter steps leave parameters
-  without a gradient on some ranks and not others.
+  without a gradient on some ranks and not others (not ``static_graph``: which
+  parameters a step uses changes with the languages in its batch).
 * ``fsdp``: FSDP2 (``fully_shard``): parameters, gradients and AdamW's moments sharded
   over the ranks, for the ``xls-r-1b``/``2b`` presets whose training state does not fit
   one GPU. Each transformer layer is one FSDP unit; everything else is gathered for the
   whole step. When the loop ends the modules are plain modules again (:meth:`close`).
-* ``allreduce``: the gradients averaged by hand after the backward pass, one flat
-  ``all_reduce`` (:func:`average_gradients`).
 
-One process never wraps anything: its step is the ``allreduce`` path without the
-collective, ``grad of (loss * weight)`` divided by ``weight``.
+One process never wraps anything: ``grad of (loss * weight)`` divided by ``weight``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from torch.utils.hooks import RemovableHandle
 from model.train.objectives import StepResult
 
 DATA_PARALLEL_ENV = "LASS_DATA_PARALLEL"
-ENGINES = ("ddp", "fsdp", "allreduce")
+ENGINES = ("ddp", "fsdp")
 StepFn = Callable[[Any, int], StepResult]
 
 
@@ -87,39 +87,6 @@ def broadcast_modules(modules: Iterable[nn.Module], info: DistInfo) -> None:
     for module in modules:
         for tensor in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(tensor.data, src=0)
-
-
-def average_gradients(params: list[nn.Parameter], local_weight: float, info: DistInfo) -> float:
-    """Turn each rank's ``grad of (loss * local_weight)`` into the global weighted mean.
-
-    Returns the global weight. Missing gradients count as zeros (a parameter unused on
-    this rank but used on another).
-    """
-    if not info.enabled:
-        if local_weight != 1.0:
-            for p in params:
-                if p.grad is not None:
-                    p.grad.div_(local_weight)
-        return local_weight
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    has_grad = [float(p.grad is not None) for p in params]
-    flat = torch.cat(
-        [g.reshape(-1).float() for g in grads]
-        + [torch.tensor([*has_grad, local_weight], device=grads[0].device)]
-    )
-    dist.all_reduce(flat)
-    total = float(flat[-1])
-    used = flat[-1 - len(params) : -1]
-    offset = 0
-    for i, p in enumerate(params):
-        n = p.numel()
-        # A parameter no rank touched keeps grad None, as in a single process.
-        if used[i] > 0:
-            p.grad = (flat[offset : offset + n] / total).view_as(p).to(p.dtype)
-        else:
-            p.grad = None
-        offset += n
-    return total
 
 
 def data_parallel_engine() -> str:
@@ -228,9 +195,12 @@ class ParallelStep:
     def backward(self, loss: Tensor, weight: float) -> None:
         """Backward of this rank's ``loss`` (a scalar mean over ``weight`` units), then the
         global batch's gradients in every trained parameter's ``grad``."""
-        if self.engine in ("local", "allreduce"):
+        if self.engine == "local":
             (loss * weight).backward()
-            average_gradients(self.params, weight, self.info)
+            if weight != 1.0:  # the weighted mean below with one rank: W = weight
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.div_(weight)
             return
         used = self._fsdp_used(loss) if self.engine == "fsdp" else []
         stats = torch.tensor([weight, *used], dtype=torch.float64, device=loss.device)

@@ -94,7 +94,7 @@ def test_sigkill_resumes_from_last_checkpoint(micro_corpus: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["ddp", "fsdp", "allreduce"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_torchrun_two_processes_match_one(
     engine: str,
     micro_corpus: Path,  # noqa: F811
