@@ -37,6 +37,7 @@ LANGUAGES = ["aa", "bb", "cc"]  # "cc" is in no batch: its adapters are used on 
 # adapters index the caller's order, so the test keeps every batch sorted.
 GLOBAL_LANG_IDS = [0, 0, 0, 1, 1]
 RANK_ROWS = [slice(0, 3), slice(3, 5)]
+OTHER = {"ddp": "fsdp", "fsdp": "ddp"}
 VOCAB = 12
 
 
@@ -125,14 +126,17 @@ def run_steps(model: LassModel, batch: Batch, info: DistInfo, engine: str | None
     )
     copy.deepcopy(model)  # FSDP forbids deepcopy while applied
 
-    # Resume from the checkpoint taken after step 1: the same weights after step 2.
-    model.load_state_dict(saved_modules["model"])
-    ps = ParallelStep({"model": model}, ctc_params(model), ctc, info, engine)
-    optimizer = make_optimizer(ps.params, OptimConfig(lr=1e-3, warmup_steps=0))
-    ps.load_optimizer_state_dict(optimizer, saved_optimizer)
-    second_step(ps, optimizer)
-    ps.close()
-    out["resumed"] = {k: v.clone() for k, v in model.state_dict().items()}
+    # Resume from the checkpoint taken after step 1, under the same engine and under the
+    # other one (checkpoints hold whole tensors): the same weights after step 2.
+    for resume_engine in [engine, OTHER.get(engine or "")]:
+        model.load_state_dict(saved_modules["model"])
+        ps = ParallelStep({"model": model}, ctc_params(model), ctc, info, resume_engine)
+        optimizer = make_optimizer(ps.params, OptimConfig(lr=1e-3, warmup_steps=0))
+        # A copy: loading keeps tensors it need not move, and the step updates them in place.
+        ps.load_optimizer_state_dict(optimizer, copy.deepcopy(saved_optimizer))
+        second_step(ps, optimizer)
+        ps.close()
+        out[f"resumed {resume_engine}"] = {k: v.clone() for k, v in model.state_dict().items()}
 
     # A second loop over the same modules with other trained parameters (finetune's LID).
     for p in model.parameters():
@@ -223,7 +227,9 @@ def test_two_ranks_equal_one_process(engine: str, single: dict[str, Any], tmp_pa
     assert two["norm"] == pytest.approx(single["norm"], rel=1e-5)
     assert two["plain"], f"{engine}: the model is not a plain LassModel after close()"
     assert_close(two["after_two"], single["after_two"], 2e-5, f"{engine} after 2 steps")
-    assert_close(two["resumed"], two["after_two"], 1e-6, f"{engine} resumed")
+    assert_close(two[f"resumed {engine}"], two["after_two"], 1e-6, f"{engine} resumed")
+    other = OTHER[engine]
+    assert_close(two[f"resumed {other}"], two["after_two"], 2e-5, f"{engine} resumed as {other}")
     assert_close(two["after_lid"], single["after_lid"], 2e-5, f"{engine} LID step")
 
 
