@@ -354,10 +354,11 @@ def _hook_tables(module: nn.Module) -> dict[str, dict[int, Any]]:
 
 def _check_fsdp_can_run(root: nn.Module) -> None:
     """FSDP gathers a unit's weights in its forward, a collective every rank must join: a
-    layer skipped on one rank only (LayerDrop, drawn per rank) would hang the step."""
+    layer skipped on one rank only (LayerDrop, drawn per rank) would hang the step. (The
+    train/eval mode is no guide: the loop switches its modules to training after this.)"""
     for name, module in root.named_modules():
         drop = getattr(module, "layer_drop", 0.0)
-        if module.training and isinstance(drop, float) and drop > 0:
+        if isinstance(drop, float) and drop > 0:
             raise ValueError(
                 f"FSDP needs every rank to run every layer, but {name} drops layers "
                 f"(layer_drop {drop}): set [model.overrides] encoder_layer_drop = 0.0, "

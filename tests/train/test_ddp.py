@@ -250,7 +250,7 @@ def test_one_process_wraps_nothing() -> None:
 def test_fsdp_refuses_layer_drop() -> None:
     # Checked before anything is wrapped: no process group needed.
     model = LassModel(get_preset("tiny").with_dropout(0.0, layer_drop=0.1), VOCAB, LANGUAGES)
-    model.train()
+    model.eval()  # the loop switches to training only after wrapping
     with pytest.raises(ValueError, match="encoder_layer_drop"):
         ParallelStep({"model": model}, [], lambda b, s: None, DistInfo(0, 2), "fsdp")  # type: ignore[arg-type, return-value]
 
