@@ -64,7 +64,10 @@ def lid_step(model: LassModel, batch: Any, weights: Tensor | None = None) -> Ste
     logits = model.identify_language(batch.waveforms, batch.lengths)
     loss = F.cross_entropy(logits.float(), batch.lang_ids, weight=weights)
     accuracy = float((logits.argmax(-1) == batch.lang_ids).float().mean())
-    return StepResult(loss, float(logits.shape[0]), {"lid_accuracy": accuracy})
+    # The loss is a mean weighted by class: its units are the batch's summed class weights,
+    # so that ranks of unlike batches combine into one process's loss (distributed.py).
+    units = float(logits.shape[0]) if weights is None else float(weights[batch.lang_ids].sum())
+    return StepResult(loss, units, {"lid_accuracy": accuracy})
 
 
 def trainable_parameters(model: LassModel, cfg: FinetuneConfig, method: str) -> list[Any]:
