@@ -180,9 +180,10 @@ def settle_batch_policy(
 
     ``LASS_BATCH_MODE=auto`` with warm-up: the same clips are timed mixed, per language
     and one by one on this machine (``ModelWorker.time_batch_modes``) and
-    ``service.batcher.fastest_way`` picks (batching only where it pays clearly); without
-    warm-up, mixed on CUDA (one batched forward for any languages keeps a GPU busy) and
-    none on the CPU (measured fastest there: docs/benchmarks.md). An explicit mode is kept.
+    ``service.batcher.fastest_way`` picks (one-language batches unless mixed ones pay
+    clearly, batching only where it pays); without warm-up, mixed on CUDA (one batched
+    forward for any languages keeps a GPU busy) and language on the CPU (measured fastest
+    there: docs/benchmarks.md). An explicit mode is kept.
     """
     choice: dict[str, Any] = {"compiled": worker.compiled is not None}
     if settings.batch_mode != "auto":
@@ -196,7 +197,10 @@ def settle_batch_policy(
         choice["measured_s"] = {k: round(v, 4) for k, v in seconds.items()}
         choice["decided_by"] = f"warm-up: {items} clips of 2 s mixed, per language, one by one"
     else:
-        way = "mixed" if worker.device.type == "cuda" and policy.max_batch_size > 1 else "none"
+        if policy.max_batch_size == 1:
+            way = "none"
+        else:  # what the measurements say (docs/benchmarks.md)
+            way = "mixed" if worker.device.type == "cuda" else "language"
         choice["decided_by"] = "device type (no warm-up)"
     settled = policy_for_way(policy, way)
     choice.update(mode="auto", way=way, max_batch_size=settled.max_batch_size)

@@ -51,10 +51,10 @@ class Settings(BaseSettings):
     max_pack_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024 * 1024
 
     # Dynamic batching: "mixed" batches any languages, "language" only one per batch;
-    # max_batch_size=1 disables batching. "auto": whichever of mixed, language and no
-    # batching ran the same clips fastest at warm-up on this machine, batching only where
-    # it clearly pays (without warm-up: mixed on CUDA, none on the CPU); /health/ready
-    # says which (service.batcher.fastest_way, docs/architecture.md).
+    # max_batch_size=1 disables batching. "auto": timed at warm-up on this machine, one-
+    # language batches unless mixed ones are clearly faster, batching only where it pays
+    # (without warm-up: mixed on CUDA, language on the CPU); /health/ready says which
+    # (service.batcher.fastest_way, docs/architecture.md).
     batch_mode: BatchMode = "auto"
     # In mixed batches prefer the languages with the most pending items (fewer, larger
     # language groups per batch); false = plain first-come order among similar lengths.
