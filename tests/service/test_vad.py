@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -193,45 +194,61 @@ def energy_logits(vocab_size: int, char: int, wave: np.ndarray) -> np.ndarray:
     return logits
 
 
+@dataclass
+class EngineRun:
+    """What the engine made of a long recording under the energy stand-in model."""
+
+    words: list[tuple[float, float]]
+    batches: int
+    samples_run: int  # samples that went through the (stand-in) model
+
+
+async def engine_words(bundle: Path, audio: np.ndarray, **settings: object) -> EngineRun:
+    """Transcribe ``audio`` (en) with an engine whose model is :func:`energy_logits`."""
+    engine = Engine(Settings(bundle=bundle, torch_threads=1, warmup=False, **settings))  # type: ignore[arg-type]
+    await engine.start()
+    await engine.wait_ready()
+    assert engine.worker is not None
+    vocab = engine.worker.bundle.vocab
+    char = vocab.tokens.index("e")
+    ran: list[int] = []
+
+    def fake_asr(waves: Sequence[np.ndarray], languages: Sequence[str]) -> list[AsrOutput]:
+        ran.extend(len(w) for w in waves)
+        return [AsrOutput(energy_logits(len(vocab), char, w)) for w in waves]
+
+    engine.worker.run_asr = fake_asr  # type: ignore[method-assign]
+    try:
+        result = await engine.transcribe(audio, "en")
+    finally:
+        await engine.stop()
+    assert result.transcript.duration == pytest.approx(len(audio) / SR, abs=0.03)
+    words = [(w.start, w.end) for w in result.transcript.words]
+    return EngineRun(words, len(result.batches), sum(ran))
+
+
 def test_engine_words_land_in_utterance_time(
     speech: dict[str, list[Utterance]], tiny_bundle: Path
 ) -> None:
     audio, regions = long_speech(speech, [0.7, 1.0])
 
-    async def transcribe(**settings: object) -> tuple[list[tuple[float, float]], int]:
-        engine = Engine(
-            Settings(bundle=tiny_bundle, torch_threads=1, warmup=False, **settings)  # type: ignore[arg-type]
-        )
-        await engine.start()
-        await engine.wait_ready()
-        assert engine.worker is not None
-        vocab = engine.worker.bundle.vocab
-        char = vocab.tokens.index("e")
-
-        def fake_asr(waves: Sequence[np.ndarray], languages: Sequence[str]) -> list[AsrOutput]:
-            return [AsrOutput(energy_logits(len(vocab), char, w)) for w in waves]
-
-        engine.worker.run_asr = fake_asr  # type: ignore[method-assign]
-        try:
-            result = await engine.transcribe(audio, "en")
-        finally:
-            await engine.stop()
-        assert result.transcript.duration == pytest.approx(len(audio) / SR, abs=0.03)
-        return [(w.start, w.end) for w in result.transcript.words], len(result.batches)
-
     async def main() -> None:
-        whole, n_whole = await transcribe(chunk_seconds=60.0)
-        at_silences, n_vad = await transcribe(chunk_seconds=5.0, long_audio_split="vad")
-        windows, n_windows = await transcribe(
-            chunk_seconds=5.0, chunk_overlap_seconds=1.0, long_audio_split="windows"
+        whole = await engine_words(tiny_bundle, audio, chunk_seconds=60.0)
+        vad = await engine_words(tiny_bundle, audio, chunk_seconds=5.0, long_audio_split="vad")
+        windows = await engine_words(
+            tiny_bundle,
+            audio,
+            chunk_seconds=5.0,
+            chunk_overlap_seconds=1.0,
+            long_audio_split="windows",
         )
-        assert n_whole == 1 and n_vad >= 4 and n_windows >= 4
-        assert at_silences == whole  # same words at the same times as one pass
-        assert windows == whole
-        for start, end in at_silences:
+        assert whole.batches == 1 and vad.batches >= 4 and windows.batches >= 4
+        assert vad.words == whole.words  # same words at the same times as one pass
+        assert windows.words == whole.words
+        for start, end in vad.words:
             assert any(s / SR - 0.03 <= start <= end <= e / SR + 0.03 for s, e in regions)
         for s, e in regions:  # every utterance got words
-            assert any(s / SR - 0.03 <= start <= e / SR for start, _ in at_silences)
+            assert any(s / SR - 0.03 <= start <= e / SR for start, _ in vad.words)
 
     asyncio.run(asyncio.wait_for(main(), 120))
 
@@ -241,43 +258,15 @@ def test_engine_skips_long_silences_with_the_same_words(
 ) -> None:
     audio, regions = long_speech(speech, [4.0, 0.7, 6.0])
 
-    async def transcribe(**settings: object) -> tuple[list[tuple[float, float]], int]:
-        engine = Engine(
-            Settings(
-                bundle=tiny_bundle,
-                torch_threads=1,
-                warmup=False,
-                chunk_seconds=5.0,
-                long_audio_split="vad",
-                **settings,  # type: ignore[arg-type]
-            )
-        )
-        await engine.start()
-        await engine.wait_ready()
-        assert engine.worker is not None
-        vocab = engine.worker.bundle.vocab
-        char = vocab.tokens.index("e")
-        ran: list[int] = []
-
-        def fake_asr(waves: Sequence[np.ndarray], languages: Sequence[str]) -> list[AsrOutput]:
-            ran.extend(len(w) for w in waves)
-            return [AsrOutput(energy_logits(len(vocab), char, w)) for w in waves]
-
-        engine.worker.run_asr = fake_asr  # type: ignore[method-assign]
-        try:
-            result = await engine.transcribe(audio, "en")
-        finally:
-            await engine.stop()
-        assert result.transcript.duration == pytest.approx(len(audio) / SR, abs=0.03)
-        return [(w.start, w.end) for w in result.transcript.words], sum(ran)
-
     async def main() -> None:
-        everything, ran_all = await transcribe(skip_silence_s=0.0)
-        skipping, ran_skip = await transcribe(skip_silence_s=2.0)
-        assert skipping == everything  # the same words at the same times
+        split = {"chunk_seconds": 5.0, "long_audio_split": "vad"}
+        everything = await engine_words(tiny_bundle, audio, skip_silence_s=0.0, **split)
+        skipping = await engine_words(tiny_bundle, audio, skip_silence_s=2.0, **split)
+        assert skipping.words == everything.words  # the same words at the same times
         # The 4 s and 6 s gaps, less a quarter second of context on each side, not run.
-        assert ran_all - ran_skip >= int((4.0 + 6.0 - 4 * SKIP_PAD / SR - 1.0) * SR)
+        skipped = everything.samples_run - skipping.samples_run
+        assert skipped >= int((4.0 + 6.0 - 4 * SKIP_PAD / SR - 1.0) * SR)
         for s, e in regions:
-            assert any(s / SR - 0.03 <= start <= e / SR for start, _ in skipping)
+            assert any(s / SR - 0.03 <= start <= e / SR for start, _ in skipping.words)
 
     asyncio.run(asyncio.wait_for(main(), 120))
