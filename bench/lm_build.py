@@ -32,6 +32,7 @@ from model.train.lm import (
     build_lm,
     find_build_binary,
     find_lmplz,
+    read_arpa,
     read_arpa_counts,
     read_arpa_unigrams,
     to_binary,
@@ -39,24 +40,6 @@ from model.train.lm import (
 from model.vocab import Vocabulary
 
 HELD_OUT = 32
-
-
-def read_arpa(path: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """(log10 probability, log10 backoff) of every n-gram of an ARPA file, keyed by text."""
-    probs: dict[str, float] = {}
-    backoffs: dict[str, float] = {}
-    in_section = False
-    with path.open(encoding="utf-8") as f:
-        for raw in f:
-            line = raw.rstrip("\n")
-            if line.startswith("\\"):
-                in_section = line.endswith("-grams:")
-            elif in_section and line:
-                fields = line.split("\t")
-                probs[fields[1]] = float(fields[0])
-                if len(fields) > 2:
-                    backoffs[fields[1]] = float(fields[2])
-    return probs, backoffs
 
 
 def compare_arpa(ours: Path, theirs: Path) -> dict[str, object]:

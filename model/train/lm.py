@@ -420,6 +420,25 @@ def read_arpa_counts(path: Path) -> tuple[list[int], list[int]]:
     return declared, found
 
 
+def read_arpa(path: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """(log10 probability, log10 backoff) of every n-gram of an ARPA file, keyed by its
+    text (tests and ``bench/lm_build.py`` compare two estimators with it)."""
+    probs: dict[str, float] = {}
+    backoffs: dict[str, float] = {}
+    in_section = False
+    with path.open(encoding="utf-8") as f:
+        for raw in f:
+            line = raw.rstrip("\n")
+            if line.startswith("\\"):
+                in_section = line.endswith("-grams:")
+            elif in_section and line:
+                fields = line.split("\t")
+                probs[fields[1]] = float(fields[0])
+                if len(fields) > 2:
+                    backoffs[fields[1]] = float(fields[2])
+    return probs, backoffs
+
+
 def read_arpa_unigrams(path: Path) -> list[str]:
     """The words of an ARPA file's 1-gram section, in file order (``<s>``, ``</s>`` and
     ``<unk>`` included)."""

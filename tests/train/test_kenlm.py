@@ -23,6 +23,7 @@ from model.train.lm import (
     find_build_binary,
     find_lmplz,
     lmplz_arguments,
+    read_arpa,
     read_arpa_unigrams,
     unigrams_path,
 )
@@ -66,22 +67,6 @@ def zipf_corpus(sentences: int, seed: int = 0) -> list[str]:
             )
         out.append(" ".join(sentence))
     return out
-
-
-def read_arpa(path: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """(log10 probability, log10 backoff) of every n-gram, keyed by its text."""
-    probs: dict[str, float] = {}
-    backoffs: dict[str, float] = {}
-    in_section = False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("\\"):
-            in_section = line.endswith("-grams:")
-        elif in_section and line:
-            fields = line.split("\t")
-            probs[fields[1]] = float(fields[0])
-            if len(fields) > 2:
-                backoffs[fields[1]] = float(fields[2])
-    return probs, backoffs
 
 
 def largest_differences(ours: Path, theirs: Path) -> tuple[float, float]:
