@@ -15,9 +15,10 @@ files, as 16 kHz float WAV (exact), then scored with
 (16 kHz mono WAV): the bundle's own greedy figures.
 
 Front ends: ``trainer`` = ``model.train.data.audio_io.load_audio`` (what training and
-``lass train evaluate`` read); ``service`` = ``service.audio.decode_audio`` (what the REST
-API decodes). Since issue 12 both are ``model.audio`` and give identical samples; copied into
-an older checkout, this file measures the two front ends as they were (docs/training.md).
+``lass train evaluate`` read); ``service`` = what the REST API decodes
+(``model.audio.decode_audio``; ``service.audio``'s before issue 12). Since issue 12 both
+are ``model.audio`` and give identical samples; copied into an older checkout, this file
+measures the two front ends as they were (docs/training.md).
 The last line printed is JSON with every figure.
 """
 
@@ -41,7 +42,11 @@ from model.train.data.audio_io import load_audio
 from model.train.data.manifest import ManifestEntry, read_manifest
 from model.train.data.synthetic import SyntheticCorpusConfig, build_synthetic_corpus
 from model.train.evaluate import evaluate
-from service.audio import decode_audio
+
+try:  # an older checkout: the service's own decoder
+    from service.audio import decode_audio as service_decode_audio  # type: ignore[attr-defined]
+except ImportError:  # since issue 12 the service decodes with model.audio
+    from model.audio import decode_audio as service_decode_audio
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "model" / "default_bundle"
 ENCODED_RATE = 44_100
@@ -51,7 +56,7 @@ FORMATS = {"mp3": ("libmp3lame", ".mp3"), "m4a": ("aac", ".m4a")}
 
 
 def _service(path: Path) -> np.ndarray:
-    return decode_audio(path.read_bytes()).samples
+    return service_decode_audio(path.read_bytes()).samples
 
 
 FRONT_ENDS: dict[str, Callable[[Path], np.ndarray]] = {

@@ -32,7 +32,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lass import __version__
-from service.audio import AudioError, BodySizeLimitMiddleware
+from model.audio import AudioError
+from service.audio import BodySizeLimitMiddleware
 from service.auth import KeyStore, authorize, install_log_redaction
 from service.context import AppContext
 from service.engine import Engine

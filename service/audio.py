@@ -1,9 +1,9 @@
 """The service's side of audio input: the upload size limit.
 
 Decoding (containers, downmix, resampling, raw PCM, stream frames) is ``model.audio``'s,
-shared with the trainer; its errors carry a ``code`` and a ``param`` but no HTTP status:
-``service.errors.from_audio_error`` maps them to statuses (``AUDIO_STATUS``). The names
-the routers import from here are ``model.audio``'s own objects (``__all__``).
+shared with the trainer, and the routers import it from there; its errors carry a ``code``
+and a ``param`` but no HTTP status: ``service.errors.from_audio_error`` maps them to
+statuses (``AUDIO_STATUS``).
 
 Upload size: ``BodySizeLimitMiddleware`` (ASGI) counts bytes as they stream in and stops
 at the limit, so an oversized upload is never held in memory.
@@ -16,27 +16,10 @@ from collections.abc import Callable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.audio import (
-    MAX_SAMPLE_RATE,
-    MIN_SAMPLE_RATE,
-    AudioError,
-    DecodedAudio,
-    decode_audio,
-    decode_pcm,
-)
+from model.audio import AudioError
 from service.errors import from_audio_error
 
-__all__ = [
-    "MAX_SAMPLE_RATE",
-    "MIN_SAMPLE_RATE",
-    "AudioError",
-    "BodySizeLimitMiddleware",
-    "DecodedAudio",
-    "UploadTooLargeError",
-    "check_content_length",
-    "decode_audio",
-    "decode_pcm",
-]
+__all__ = ["BodySizeLimitMiddleware", "UploadTooLargeError", "check_content_length"]
 
 
 class UploadTooLargeError(AudioError):

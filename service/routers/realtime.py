@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, WebSocket
 
+from model.audio import AudioError, PcmConverter, PcmFormat
 from model.config import SAMPLE_RATE
 from service.context import AppContext, get_context
 from service.engine import DecodeOptions
@@ -34,7 +35,6 @@ from service.streaming.channel import (
     serve_stream,
 )
 from service.streaming.endpointer import EndpointConfig
-from service.streaming.pcm import PcmConverter, PcmFormat, PcmFormatError
 from service.streaming.session import (
     Final,
     Partial,
@@ -175,7 +175,7 @@ def apply_update(config: SessionConfig, session: Any, languages: list[str]) -> S
         new.rate = int(fmt.get("rate") or 24_000) if kind == "audio/pcm" else 8_000
         try:
             new.pcm_format()
-        except PcmFormatError as exc:
+        except AudioError as exc:
             raise RealtimeError(
                 "invalid_value", str(exc), "session.audio.input.format.rate"
             ) from None

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, WebSocket
 from pydantic import Field, ValidationError
 
 from lass import __version__
+from model.audio import AudioError, PcmConverter, PcmFormat
 from model.config import SAMPLE_RATE
 from service.context import AppContext, get_context
 from service.params import Channels, DecodeParams, SampleRate
@@ -28,7 +29,6 @@ from service.streaming.channel import (
     serve_stream,
 )
 from service.streaming.endpointer import EndpointConfig
-from service.streaming.pcm import PcmConverter, PcmFormat, PcmFormatError
 from service.streaming.session import (
     Final,
     Partial,
@@ -94,7 +94,7 @@ def stream_options(start: StartMessage, ctx: AppContext) -> tuple[StreamOptions,
         )
     try:
         fmt = PcmFormat.parse(start.encoding, start.sample_rate, start.channels)
-    except PcmFormatError as exc:
+    except AudioError as exc:
         raise client_error(POLICY, "invalid_value", str(exc)) from None
     max_utterance = settings.stream_max_utterance_s
     if start.max_utterance_s is not None:
@@ -213,7 +213,7 @@ async def run_native(channel: Channel, ctx: AppContext) -> None:
                 if isinstance(message, bytes):
                     try:
                         samples = converter.convert(message)
-                    except PcmFormatError as exc:
+                    except AudioError as exc:
                         raise client_error(BAD_DATA, "invalid_audio", str(exc)) from None
                     channel.charge_audio(len(samples) / SAMPLE_RATE)
                     await session.feed(samples)

@@ -33,7 +33,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from service.audio import AudioError, DecodedAudio, decode_audio, decode_pcm
+from model.audio import AudioError, DecodedAudio, decode_audio, decode_pcm
 from service.context import AppContext, get_context
 from service.engine import NotReadyError, TranscriptionResult, UnknownLanguageError
 from service.engine_errors import engine_api_error, engine_error_spec
