@@ -124,13 +124,19 @@ KNOWN_FIELDS = (
 )
 
 
+def first_problem(exc: ValidationError) -> tuple[list[str], str]:
+    """(where, message) of the first problem pydantic found: the field's path (empty for a
+    check of the whole model) and pydantic's message without its "Value error, " prefix."""
+    first = exc.errors()[0]
+    where = [str(p) for p in first.get("loc", ())]
+    return where, str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
 def validation_error(exc: ValidationError, param_names: Mapping[str, str] = {}) -> ApiError:
     """The first problem pydantic found, as a 400 naming its field."""
-    first = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    field = loc[0] if loc else ""
+    where, message = first_problem(exc)
+    field = where[0] if where else ""
     param = param_names.get(field, field)
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if field:
         return bad_field(param, f"{param}: {message}")
     # A check of the whole request: its message names the field first.

@@ -18,7 +18,7 @@ from lass import __version__
 from model.audio import AudioError, PcmConverter, PcmFormat
 from model.config import SAMPLE_RATE
 from service.context import AppContext, get_context
-from service.params import Channels, DecodeParams, SampleRate
+from service.params import Channels, DecodeParams, SampleRate, first_problem
 from service.streaming.channel import (
     BAD_DATA,
     FINISH_FIRST,
@@ -71,12 +71,6 @@ def parse_json(text: str | bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise client_error(BAD_DATA, "invalid_json", "a text frame must hold a JSON object")
     return value
-
-
-def validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "message"
-    return f"{where}: {first['msg']}"
 
 
 def stream_options(start: StartMessage, ctx: AppContext) -> tuple[StreamOptions, PcmFormat]:
@@ -178,7 +172,10 @@ async def run_native(channel: Channel, ctx: AppContext) -> None:
     try:
         start = StartMessage.model_validate(parse_json(first))
     except ValidationError as exc:
-        raise client_error(POLICY, "invalid_start", validation_message(exc)) from None
+        where, problem = first_problem(exc)
+        raise client_error(
+            POLICY, "invalid_start", f"{'.'.join(where) or 'message'}: {problem}"
+        ) from None
     options, fmt = stream_options(start, ctx)
     converter = PcmConverter(fmt)
 

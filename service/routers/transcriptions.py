@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,7 +41,6 @@ from service.errors import ApiError, bad_field, from_audio_error
 from service.formats import render
 from service.params import (
     BEAM_WORK_BUDGET,
-    KNOWN_FIELDS,
     TranscriptionRequest,
     check_beam_work,
     echo,
@@ -341,8 +340,3 @@ async def _transcribe(
     if isinstance(body, dict):
         return JSONResponse(body, headers=headers, media_type=media)
     return PlainTextResponse(body, headers=headers, media_type=media)
-
-
-def supported_fields() -> Sequence[str]:
-    """Every form field the endpoint accepts (for docs and tests)."""
-    return sorted(KNOWN_FIELDS)
