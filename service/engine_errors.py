@@ -39,6 +39,17 @@ class EngineErrorSpec:
     param: str | None = None  # the request field at fault
     reject: str | None = None  # lass_rejected_requests_total reason, when it counts as one
 
+    def api_error(
+        self, exc: Exception, retry_after_s: int, languages: Sequence[str] = ()
+    ) -> ApiError:
+        """The REST answer to ``exc`` (an error this spec is for)."""
+        detail = str(exc)
+        message = f"{self.message} ({detail})" if detail else self.message
+        if isinstance(exc, UnknownLanguageError) and languages:
+            message = f"{detail}; supported: {', '.join(languages)}"
+        headers = {"Retry-After": str(max(1, retry_after_s))} if self.retry else None
+        return ApiError(self.status, message, param=self.param, code=self.code, headers=headers)
+
 
 # Subclasses before their bases: the first isinstance match wins.
 ENGINE_ERRORS: tuple[tuple[type[Exception], EngineErrorSpec], ...] = (
@@ -140,11 +151,4 @@ def engine_api_error(
 ) -> ApiError | None:
     """The REST answer to engine error ``exc`` (None when it is not one)."""
     spec = engine_error_spec(exc)
-    if spec is None:
-        return None
-    detail = str(exc)
-    message = f"{spec.message} ({detail})" if detail else spec.message
-    if isinstance(exc, UnknownLanguageError) and languages:
-        message = f"{detail}; supported: {', '.join(languages)}"
-    headers = {"Retry-After": str(max(1, retry_after_s))} if spec.retry else None
-    return ApiError(spec.status, message, param=spec.param, code=spec.code, headers=headers)
+    return None if spec is None else spec.api_error(exc, retry_after_s, languages)

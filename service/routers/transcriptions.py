@@ -36,7 +36,7 @@ from starlette.types import Receive
 from model.audio import AudioError, DecodedAudio, decode_audio, decode_pcm
 from service.context import AppContext, get_context
 from service.engine import NotReadyError, TranscriptionResult, UnknownLanguageError
-from service.engine_errors import engine_api_error, engine_error_spec
+from service.engine_errors import engine_error_spec
 from service.errors import ApiError, bad_field, from_audio_error
 from service.formats import render
 from service.params import (
@@ -68,13 +68,12 @@ class Upload:
 def refusal(ctx: AppContext, exc: Exception) -> ApiError:
     """The answer to engine error ``exc`` (``service.engine_errors``), counted as a
     rejection when the table says so."""
-    error = engine_api_error(exc, ctx.settings.retry_after_s, ctx.engine.languages)
     spec = engine_error_spec(exc)
-    if error is None or spec is None:
+    if spec is None:
         raise TypeError(f"not an engine error: {exc!r}")
     if spec.reject is not None:
         ctx.metrics.reject(spec.reject)
-    return error
+    return spec.api_error(exc, ctx.settings.retry_after_s, ctx.engine.languages)
 
 
 def _client_closed() -> ApiError:
