@@ -27,6 +27,7 @@ from model.train.lm import (
     read_arpa_unigrams,
     unigrams_path,
 )
+from tests.train.test_lm import conditional
 
 
 def _require(tool: str | None, name: str) -> str:
@@ -136,15 +137,7 @@ def test_lmplz_distributions_sum_to_one(
     vocabulary = [w for w in read_arpa_unigrams(path) if w != BOS]
     contexts = [s.split()[:k] for s in corpus[:6] for k in (0, 1, 2)] + [["aa", "zzz"]]
     for context in contexts:
-        total = 0.0
-        for word in vocabulary:
-            state = kenlm.State()
-            model.BeginSentenceWrite(state)
-            for w in context:
-                out = kenlm.State()
-                model.BaseScore(state, w, out)
-                state = out
-            total += 10.0 ** model.BaseScore(state, word, kenlm.State())
+        total = sum(conditional(model, context, word) for word in vocabulary)
         assert total == pytest.approx(1.0, abs=1e-4), context
 
 
