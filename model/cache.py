@@ -2,11 +2,13 @@
 
 Masks, not copies, are the design: this cache is an optional speed-up with a byte budget
 (default off). Keys include the mask generation and the weight's in-place version counter,
-so a re-added language or an optimizer step never serves a stale weight.
+so a re-added language or an optimizer step never serves a stale weight. Safe to share
+between threads (the server runs forwards in several): one lock around each operation.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -36,31 +38,34 @@ class MaskedWeightCache:
         self._used = 0
         self.hits = 0
         self.misses = 0
+        self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Tensor | None:
         """The cached tensor (now most recently used), or None."""
-        tensor = self._entries.get(key)
-        if tensor is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return tensor
+        with self._lock:
+            tensor = self._entries.get(key)
+            if tensor is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return tensor
 
     def put(self, key: Hashable, tensor: Tensor) -> bool:
         """Store ``tensor``, evicting least recently used entries; False if over the budget."""
         size = tensor.numel() * tensor.element_size()
         if size > self.budget_bytes:
             return False
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._used -= old.numel() * old.element_size()
-        while self._entries and self._used + size > self.budget_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._used -= evicted.numel() * evicted.element_size()
-        self._entries[key] = tensor
-        self._used += size
-        return True
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._used -= old.numel() * old.element_size()
+            while self._entries and self._used + size > self.budget_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._used -= evicted.numel() * evicted.element_size()
+            self._entries[key] = tensor
+            self._used += size
+            return True
 
     def would_fit(self, nbytes: int) -> bool:
         """Whether an entry of ``nbytes`` can be cached at all."""
@@ -68,9 +73,13 @@ class MaskedWeightCache:
 
     def clear(self) -> None:
         """Drop every entry (counters kept)."""
-        self._entries.clear()
-        self._used = 0
+        with self._lock:
+            self._entries.clear()
+            self._used = 0
 
     def stats(self) -> CacheStats:
         """Budget, bytes in use, entries, hits and misses."""
-        return CacheStats(self.budget_bytes, self._used, len(self._entries), self.hits, self.misses)
+        with self._lock:
+            return CacheStats(
+                self.budget_bytes, self._used, len(self._entries), self.hits, self.misses
+            )

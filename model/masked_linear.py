@@ -14,8 +14,9 @@ provider*):
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,30 +34,70 @@ Group = tuple[str | None, int, int]
 WeightProvider = Callable[[str | None], Tensor]
 
 
-@dataclass
 class MaskRoute:
-    """Per-forward routing shared by every MaskedLinear of one model (not a module).
+    """Routing shared by every MaskedLinear of one model (not a module).
 
-    One forward at a time per model: the groups are set around the transformer call.
+    ``masks`` and ``cache`` are the model's. ``groups``, ``lang_ids`` and the scratch
+    buffers belong to the forward that sets them and are kept per thread: forwards may
+    run in several threads at once (the server's model threads), each routing its own
+    batch, with its own buffers, through the same weights.
     """
 
-    masks: LanguageMasks | None = None
-    groups: list[Group] | None = None
-    lang_ids: Tensor | None = None  # [B] in the transformer's (sorted) batch order
-    cache: MaskedWeightCache | None = None
-    # Scratch buffers, keyed by (slot, shape, dtype, device): a materialized weight is
-    # consumed by one matmul before the next is built, so one buffer per shape serves all
-    # layers and languages and no large allocation (page faults) happens per layer.
-    scratch: dict[tuple[object, ...], Tensor] = field(default_factory=dict)
+    def __init__(
+        self, masks: LanguageMasks | None = None, cache: MaskedWeightCache | None = None
+    ) -> None:
+        self.masks = masks
+        self.cache = cache
+        self._local = threading.local()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MaskRoute:
+        # A copied model gets its own masks and no thread's routing; a fresh cache (the
+        # cached weights are keyed by the original weights' storage).
+        new = MaskRoute()
+        memo[id(self)] = new
+        new.masks = copy.deepcopy(self.masks, memo)
+        if self.cache is not None:
+            new.cache = MaskedWeightCache(self.cache.budget_bytes)
+        return new
+
+    @property
+    def groups(self) -> list[Group] | None:
+        """This thread's language groups of the sorted batch (None: no routing)."""
+        return getattr(self._local, "groups", None)
+
+    @groups.setter
+    def groups(self, groups: list[Group] | None) -> None:
+        self._local.groups = groups
+
+    @property
+    def lang_ids(self) -> Tensor | None:
+        """This thread's ``[B]`` language ids, in the transformer's (sorted) batch order."""
+        return getattr(self._local, "lang_ids", None)
+
+    @lang_ids.setter
+    def lang_ids(self, lang_ids: Tensor | None) -> None:
+        self._local.lang_ids = lang_ids
+
+    @property
+    def scratch(self) -> dict[tuple[object, ...], Tensor]:
+        """This thread's scratch buffers, keyed by (slot, shape, dtype, device): a
+        materialized weight is consumed by one matmul before the next is built, so one
+        buffer per shape serves all layers and languages and no large allocation (page
+        faults) happens per layer."""
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = {}
+        return scratch
 
     def buffer(
         self, shape: torch.Size, dtype: torch.dtype, device: torch.device, slot: str
     ) -> Tensor:
-        """The reusable ``[*shape]`` scratch tensor of ``slot`` (contents undefined)."""
+        """This thread's reusable ``[*shape]`` scratch tensor of ``slot`` (contents undefined)."""
+        scratch = self.scratch
         key = (slot, tuple(shape), dtype, device)
-        buf = self.scratch.get(key)
+        buf = scratch.get(key)
         if buf is None:
-            buf = self.scratch[key] = torch.empty(shape, dtype=dtype, device=device)
+            buf = scratch[key] = torch.empty(shape, dtype=dtype, device=device)
         return buf
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -246,6 +247,44 @@ def test_no_per_language_weight_copies_without_cache() -> None:
     # one 0/1 mask buffer and one weight buffer per distinct shape, shared by all languages
     assert len(scratch) == 2 * len(shapes)
     assert model.weight_cache is None
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_forwards_in_several_threads_at_once_give_each_thread_its_own_routing(
+    cache: bool,
+) -> None:
+    """The server runs forwards in several model threads: each batch's language groups,
+    ids and scratch buffers are its thread's, so concurrent forwards of different
+    languages give exactly what they give alone (a shared route mixed them up)."""
+    model = micro_model().eval()
+    model.set_masks(random_masks(model, LANGS))
+    if cache:
+        model.set_weight_cache(1 << 30)
+    gen = torch.Generator().manual_seed(5)
+    batches = [
+        (torch.randn(3, 8000, generator=gen), torch.tensor([k % 4, (k + 1) % 4, k % 4]))
+        for k in range(4)
+    ]
+    with torch.inference_mode():
+        alone = [model(w, lang_ids=ids).logits for w, ids in batches]
+    barrier = threading.Barrier(len(batches))
+    diffs: list[float] = [0.0] * len(batches)
+
+    def run(k: int) -> None:
+        waves, ids = batches[k]
+        with torch.inference_mode():
+            barrier.wait()
+            for _ in range(15):
+                out = model(waves, lang_ids=ids).logits
+                diffs[k] = max(diffs[k], (out - alone[k]).abs().max().item())
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(diffs) <= 1e-5, diffs
+    assert model.routed_lang_ids is None
 
 
 def test_normalize_waveforms_uses_valid_samples_only() -> None:
