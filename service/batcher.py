@@ -26,7 +26,11 @@ function of (pending items, policy, now), so the policy reads and tests without 
   Items carry a deadline (:class:`DeadlineExceededError`) and cancelled items (client gone)
   are dropped unrun.
 
-Only one batch runs at a time: the runner owns the device.
+- **Runners.** Up to ``runners`` batches run at once (the engine's model threads; one on
+  a GPU, more on a CPU where two threads of one core each beat one thread of two:
+  docs/benchmarks.md). :meth:`Batcher.exclusive` stops new batches and waits for the
+  running ones, so a change to the model (a language added or removed) happens between
+  batches.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -291,7 +295,8 @@ BatchHook = Callable[[Batch], None]
 
 
 class Batcher:
-    """Queue + scheduler loop feeding ``runner`` one batch at a time (:func:`plan` decides).
+    """Queue + scheduler loop feeding ``runner`` up to ``runners`` batches at a time
+    (:func:`plan` decides what runs next whenever a runner is free).
 
     ``runner(batch)`` must settle every item's future (result or exception); if it raises,
     the batcher fails the items it left unsettled with that exception.
@@ -302,10 +307,14 @@ class Batcher:
         policy: BatchPolicy,
         runner: Runner,
         *,
+        runners: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_batch: BatchHook | None = None,
     ) -> None:
+        if runners < 1:
+            raise ValueError(f"runners must be >= 1, got {runners}")
         self.policy = policy
+        self.runners = runners
         self._runner = runner
         self._clock = clock
         self._on_batch = on_batch
@@ -314,6 +323,8 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._exclusive = 0  # holders of exclusive(): no batch starts meanwhile
         self._closed = False
         self._ids = itertools.count(1)
         self._flows = itertools.count(1)
@@ -338,9 +349,14 @@ class Batcher:
         return not self._closed
 
     @property
+    def running(self) -> int:
+        """Batches running now."""
+        return len(self._running)
+
+    @property
     def throughput(self) -> float | None:
-        """Samples per second of runner time (a moving average), once measured."""
-        return self._rate
+        """Samples per second with every runner busy (a moving average), once measured."""
+        return None if self._rate is None else self._rate * self.runners
 
     def start(self) -> None:
         if self._task is None:
@@ -393,10 +409,23 @@ class Batcher:
     def estimated_wait(self, start_tag: float) -> float | None:
         """Seconds until an item with ``start_tag`` would start: the pending work fairly
         ahead of it over the measured throughput (None until a few batches have run)."""
-        if self._rate is None or self._batches_run < 3:
+        rate = self.throughput
+        if rate is None or self._batches_run < 3:
             return None
         ahead = sum(it.num_samples for it in self._pending if it.start_tag <= start_tag)
-        return ahead / self._rate
+        return ahead / rate
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """No batch runs inside: new ones wait, running ones are finished first."""
+        self._exclusive += 1
+        try:
+            while self._running:
+                await asyncio.wait(set(self._running))
+            yield
+        finally:
+            self._exclusive -= 1
+            self._wake.set()
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting; with ``drain`` finish what is queued first, else fail it."""
@@ -409,6 +438,10 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running))
         for item in self._pending:
             if not item.future.done():
                 item.future.set_exception(ShuttingDownError("the server is shutting down"))
@@ -447,10 +480,14 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             self._pending = [it for it in self._pending if not it.future.done()]
+            if self._exclusive or len(self._running) >= self.runners:
+                self._wake.clear()  # a finished batch or the end of exclusive() wakes us
+                await self._wake.wait()
+                continue
             step = plan(self._pending, self.policy, self._clock(), flush=self._closed)
             self._settle(step)
             if not step.batch:
-                if not self._pending:
+                if not self._pending and not self._running:
                     self._idle.set()
                 self._wake.clear()
                 if math.isinf(step.wait_s):
@@ -467,12 +504,28 @@ class Batcher:
                     self._on_batch(batch)
                 except Exception:  # a broken hook must not stop serving
                     log.exception("batch hook failed")
-            started = time.perf_counter()
-            try:
-                await self._runner(batch)
-            except Exception as exc:
-                log.exception("batch %d failed", batch.id)
-                for item in batch.items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-            self._measure(batch, time.perf_counter() - started)
+            task = asyncio.get_running_loop().create_task(
+                self._run(batch), name=f"batch-{batch.id}"
+            )
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    async def _run(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        try:
+            await self._runner(batch)
+        except asyncio.CancelledError:  # stop() without draining
+            for item in batch.items:
+                if not item.future.done():
+                    item.future.set_exception(ShuttingDownError("the server is shutting down"))
+            raise
+        except Exception as exc:
+            log.exception("batch %d failed", batch.id)
+            for item in batch.items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        self._measure(batch, time.perf_counter() - started)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()

@@ -274,6 +274,89 @@ def test_stop_drains_then_refuses() -> None:
     run(main)
 
 
+class Concurrency:
+    """A runner that counts the batches running at once, each held ``hold`` seconds."""
+
+    def __init__(self, hold: float = 0.05) -> None:
+        self.hold = hold
+        self.now = 0
+        self.most = 0
+        self.started: list[int] = []
+
+    async def __call__(self, batch: Batch) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        self.started.append(batch.id)
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.now -= 1
+        for it in batch.items:
+            it.future.set_result(batch.id)
+
+
+@pytest.mark.parametrize("runners", [1, 2, 3])
+def test_up_to_runners_batches_run_at_once(runners: int) -> None:
+    async def main() -> None:
+        runner = Concurrency()
+        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=runners)
+        batcher.start()
+        futures = [batcher.submit(item(i)) for i in range(6)]
+        assert sorted(await asyncio.gather(*futures)) == [1, 2, 3, 4, 5, 6]
+        assert runner.most == runners
+        await batcher.stop()
+
+    run(main)
+
+
+def test_exclusive_waits_for_running_batches_and_holds_new_ones() -> None:
+    async def main() -> None:
+        runner = Concurrency(hold=0.1)
+        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=2)
+        batcher.start()
+        first = [batcher.submit(item(i)) for i in range(2)]
+        await asyncio.sleep(0.02)
+        assert batcher.running == 2
+        async with batcher.exclusive():
+            assert batcher.running == 0 and runner.now == 0
+            assert all(f.done() for f in first)
+            later = batcher.submit(item(9))
+            await asyncio.sleep(0.05)
+            assert not later.done() and batcher.running == 0 and batcher.depth == 1
+        assert await later == 3
+        await batcher.stop()
+
+    run(main)
+
+
+def test_stop_without_draining_fails_the_running_batches_items() -> None:
+    async def main() -> None:
+        runner = Concurrency(hold=5.0)
+        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=2)
+        batcher.start()
+        futures = [batcher.submit(item(i)) for i in range(3)]
+        await asyncio.sleep(0.02)
+        await batcher.stop(drain=False)
+        for f in futures:
+            with pytest.raises(ShuttingDownError):
+                f.result()
+
+    run(main)
+
+
+def test_stop_drains_every_runner() -> None:
+    async def main() -> None:
+        runner = Concurrency(hold=0.05)
+        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=2)
+        batcher.start()
+        futures = [batcher.submit(item(i)) for i in range(5)]
+        await batcher.stop(drain=True)
+        assert all(f.done() and not f.exception() for f in futures)
+        assert runner.most == 2
+
+    run(main)
+
+
 def test_policy_validation() -> None:
     with pytest.raises(ValueError):
         BatchPolicy(mode="none")  # type: ignore[arg-type]
@@ -466,6 +549,7 @@ def test_queue_wait_is_bounded_for_a_request_that_cannot_start() -> None:
         with pytest.raises(QueueTimeoutError, match="without starting"):
             await first
         assert batcher.overdue == 1
+        assert (await later)[1] == "later"  # its request's bound is on its first piece
         # A request that started in time runs its later pieces however long they wait.
         rec.gate.clear()
         x, y = batcher.submit_all([item("x", flow="X"), item("y", flow="X")])
