@@ -2,14 +2,15 @@
 
 - The **scheduler** is :class:`service.batcher.Batcher`: it turns work items (utterances
   or windows of long ones) of any languages into batches on the event loop.
-- The **worker** (:class:`service.worker.ModelWorker`) runs each batch in the single model
-  thread; the event loop never runs model code.
+- The **worker** (:class:`service.worker.ModelWorker`) runs each batch in a model thread
+  (``LASS_MODEL_THREADS`` of them, so as many batches at once); the event loop never runs
+  model code.
 - The **engine** cuts long audio into pieces (at silences found by silero-vad, in the VAD
   thread, or into overlapping windows), submits them, stitches the pieces' logits
   and decodes them in a small decode thread pool, so CTC/beam decoding of one request
   overlaps the next batch's forward pass.
 
-Loading the bundle and the warm-up batch happen in the model thread after startup; the
+Loading the bundle and the warm-up batch happen in a model thread after startup; the
 engine is ``ready`` only when both are done.
 """
 
@@ -53,7 +54,7 @@ from service.faults import Faults
 from service.packs import PackStore
 from service.settings import Settings
 from service.vad import MIN_PIECE_SAMPLES, SKIP_PAD, SileroVad, load_vad, plan_pieces
-from service.worker import ModelWorker
+from service.worker import ModelWorker, resolve_model_threads
 
 log = logging.getLogger("lass.engine")
 
@@ -218,7 +219,11 @@ class Engine:
         self.worker: ModelWorker | None = None
         self._columns: ColumnCache | None = None
         self._beams: BeamDecoders | None = None
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="lass-model")
+        # Model threads, each running one batch at a time, and torch threads each.
+        self.model_threads, self._torch_threads = resolve_model_threads(
+            settings.model_threads, settings.torch_threads, settings.device
+        )
+        self._model_pool = ThreadPoolExecutor(self.model_threads, thread_name_prefix="lass-model")
         self._decode_pool = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="lass-decode"
         )
@@ -229,7 +234,12 @@ class Engine:
         # Long-audio pieces, in samples.
         self._window = int(settings.chunk_seconds * SAMPLE_RATE)
         self._overlap = int(settings.chunk_overlap_seconds * SAMPLE_RATE)
-        self.batcher = Batcher(batch_policy(settings), self._run_batch, on_batch=self._on_batch)
+        self.batcher = Batcher(
+            batch_policy(settings),
+            self._run_batch,
+            runners=self.model_threads,
+            on_batch=self._on_batch,
+        )
         self._load_task: asyncio.Task[None] | None = None
         # How the batch policy was settled (settle_batch_policy), once loaded.
         self.batch_choice: dict[str, Any] | None = None
@@ -314,8 +324,9 @@ class Engine:
             raise NotReadyError(self.error or f"engine is {self.state}")
 
     def _load_sync(self) -> ModelWorker:
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        # Before the other model threads exist: they take torch's count at their first op.
+        if self.settings.torch_threads or self.model_threads > 1:
+            torch.set_num_threads(self._torch_threads)
         settings = self.settings
         worker = ModelWorker.load(
             settings.bundle,
@@ -329,13 +340,16 @@ class Engine:
         self._settled, self.batch_choice = settle_batch_policy(
             self.batcher.policy, settings, worker
         )
+        self.batch_choice.update(
+            model_threads=self.model_threads, torch_threads=torch.get_num_threads()
+        )
         return worker
 
     async def _load(self) -> None:
         self.state = "loading"
         loop = asyncio.get_running_loop()
         try:
-            worker = await loop.run_in_executor(self._model_thread, self._load_sync)
+            worker = await loop.run_in_executor(self._model_pool, self._load_sync)
         except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("loading the bundle failed: %s", self.error)
@@ -347,7 +361,7 @@ class Engine:
         self.lm_paths = dict(bundle.lm_paths)
         vocab = ColumnVocabulary.from_vocabulary(bundle.vocab)
         try:
-            vocab = await loop.run_in_executor(self._model_thread, self._restore, worker, vocab)
+            vocab = await loop.run_in_executor(self._model_pool, self._restore, worker, vocab)
         except Exception as exc:  # a bug, not a bad pack (those are skipped): do not serve
             self.state, self.error = "failed", f"restoring language packs: {exc}"
             log.exception("restoring language packs failed")
@@ -409,8 +423,8 @@ class Engine:
 
     # ------------------------------------------------------------ languages
     async def add_language(self, pack: LanguagePack) -> None:
-        """Serve ``pack``'s language from now on. The change happens in the model thread, so
-        between two batches: a batch runs wholly before or wholly after it. Raises
+        """Serve ``pack``'s language from now on. The change happens with no batch running
+        (``Batcher.exclusive``): a batch runs wholly before or wholly after it. Raises
         PackMismatch/PackError (it does not fit), LanguageExistsError, NotReadyError."""
         worker = self._require_ready()
         async with self._admin_lock:
@@ -421,9 +435,10 @@ class Engine:
                 )
             assert self.vocab is not None
             loop = asyncio.get_running_loop()
-            vocab = await loop.run_in_executor(
-                self._model_thread, worker.add_language, pack, self.vocab
-            )
+            async with self.batcher.exclusive():
+                vocab = await loop.run_in_executor(
+                    self._model_pool, worker.add_language, pack, self.vocab
+                )
             self.packs[pack.language] = pack
             if pack.lm_path is not None:
                 self.lm_paths[pack.language] = pack.lm_path
@@ -433,7 +448,7 @@ class Engine:
     async def remove_language(self, language: str, timeout_s: float | None = None) -> None:
         """Stop serving ``language``: new requests for it are refused at once, the ones in
         flight finish (at most ``timeout_s``, default the request timeout; TimeoutError and
-        nothing removed past it), then it is removed in the model thread between batches.
+        nothing removed past it), then it is removed with no batch running.
         Raises UnknownLanguageError, LastLanguageError."""
         worker = self._require_ready()
         async with self._admin_lock:
@@ -454,9 +469,10 @@ class Engine:
                     await asyncio.sleep(0.02)
                 assert self.vocab is not None
                 loop = asyncio.get_running_loop()
-                vocab = await loop.run_in_executor(
-                    self._model_thread, worker.remove_language, language, self.vocab
-                )
+                async with self.batcher.exclusive():
+                    vocab = await loop.run_in_executor(
+                        self._model_pool, worker.remove_language, language, self.vocab
+                    )
                 self.packs.pop(language, None)
                 self.lm_paths.pop(language, None)
             finally:
@@ -484,7 +500,7 @@ class Engine:
         await self.batcher.stop(drain=True)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
-        self._model_thread.shutdown(wait=True, cancel_futures=True)
+        self._model_pool.shutdown(wait=True, cancel_futures=True)
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
         self._vad_thread.shutdown(wait=True, cancel_futures=True)
         if self._beams is not None:
@@ -508,7 +524,7 @@ class Engine:
             self.metrics.set_queue_depth(self.batcher.depth)
 
     async def _run_batch(self, batch: Batch) -> None:
-        """Runner for the batcher: forward passes in the model thread, then settle futures."""
+        """Runner for the batcher: forward passes in a model thread, then settle futures."""
         worker = self.worker
         if worker is None:
             raise NotReadyError("the model is not loaded")
@@ -580,7 +596,7 @@ class Engine:
     async def _release_memory(self, worker: ModelWorker) -> None:
         if worker.device.type == "cuda":
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._model_thread, torch.cuda.empty_cache)
+            await loop.run_in_executor(self._model_pool, torch.cuda.empty_cache)
 
     async def _forward(
         self, worker: ModelWorker, kind: str, items: Sequence[WorkItem]
@@ -590,9 +606,9 @@ class Engine:
         if self.faults.active:
             self.faults.before_forward([item.group for item in items])
         if kind == "lid":
-            return await loop.run_in_executor(self._model_thread, worker.run_lid, waves)
+            return await loop.run_in_executor(self._model_pool, worker.run_lid, waves)
         langs = [item.group for item in items]
-        return await loop.run_in_executor(self._model_thread, worker.run_asr, waves, langs)
+        return await loop.run_in_executor(self._model_pool, worker.run_asr, waves, langs)
 
     async def _submit(self, items: list[WorkItem]) -> list[ItemResult]:
         """One request's items, queued all or none; their results in order."""

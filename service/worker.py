@@ -1,8 +1,10 @@
 """The model worker: the bundle on its device, run one padded batch at a time.
 
-Every method here is called from the single model thread (``Engine``), never from the
-event loop. Inputs and outputs are numpy arrays on the CPU so the rest of the service
-stays free of device details.
+Every method here is called from a model thread (``Engine``), never from the event loop;
+forwards may run in several model threads at once (each routes its own batch:
+``model.masked_linear.MaskRoute``), while a language is added or removed in one of them
+with no batch running (``Batcher.exclusive``). Inputs and outputs are numpy arrays on
+the CPU so the rest of the service stays free of device details.
 """
 
 from __future__ import annotations
@@ -60,6 +62,22 @@ def resolve_compile(
             raise RuntimeError("LASS_COMPILE=on but no C++ compiler (c++, g++, clang++) is found")
         return True
     return device.type == "cpu" and extractor_mode == "layer_norm" and compile_supported()
+
+
+def resolve_model_threads(
+    setting: int | None, torch_threads: int | None, device: str
+) -> tuple[int, int]:
+    """(model threads, torch intra-op threads of each) for ``LASS_MODEL_THREADS``,
+    ``LASS_TORCH_THREADS`` (the threads the model may use in all; None: torch's default,
+    one per core) and the device setting, before anything is loaded. Model threads
+    ``None`` (auto): one on CUDA (one stream keeps a GPU busy); on the CPU two when the
+    model may use at least two threads, each then with half of them (measured:
+    docs/benchmarks.md, "Model threads")."""
+    budget = torch_threads or torch.get_num_threads()
+    if setting is None:
+        on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        setting = 1 if on_gpu or budget < 2 else 2
+    return setting, max(1, budget // setting)
 
 
 @dataclass(frozen=True)

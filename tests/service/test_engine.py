@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,5 +58,79 @@ def test_engine_paths(tiny_bundle: Path) -> None:
         assert (await pending).language == "it"
         with pytest.raises(ShuttingDownError):
             await engine.transcribe(noise(1.0), "it")
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_two_model_threads_run_batches_at_once_and_a_removal_waits_for_them(
+    tiny_bundle: Path,
+) -> None:
+    """LASS_MODEL_THREADS=2: two batches run at once, each with the logits one thread
+    gives; removing a language happens with no forward running (Batcher.exclusive)."""
+
+    async def logits_of(engine: Engine, clips: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
+        return list(await asyncio.gather(*(engine.stream_logits(c, lang) for c, lang in clips)))
+
+    clips = [(noise(1.0 + 0.1 * k, seed=k), ("de", "en", "es", "it")[k % 4]) for k in range(12)]
+
+    async def main() -> None:
+        common = {
+            "bundle": tiny_bundle,
+            "warmup": False,
+            "batch_mode": "language",
+            # a loaded CI machine must not time them out
+            "stream_partial_timeout_s": 60,
+            "max_queue_wait_s": 0,
+        }
+        one = Engine(Settings(**common, model_threads=1, torch_threads=1))  # type: ignore[arg-type]
+        await one.start()
+        await one.wait_ready()
+        expected = await logits_of(one, clips)
+        await one.stop()
+
+        engine = Engine(Settings(**common, model_threads=2, torch_threads=2))  # type: ignore[arg-type]
+        assert (engine.model_threads, engine._torch_threads) == (2, 1)
+        await engine.start()
+        await engine.wait_ready()
+        worker = engine.worker
+        assert worker is not None
+        assert engine.batch_choice is not None and engine.batch_choice["model_threads"] == 2
+        running, most, during_removal = 0, 0, []
+        lock = threading.Lock()
+        run_asr, remove = worker.run_asr, worker.remove_language
+
+        def counted(*args: Any) -> Any:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            try:
+                time.sleep(0.05)  # long enough for the other thread's batch to overlap
+                return run_asr(*args)
+            finally:
+                with lock:
+                    running -= 1
+
+        def removing(*args: Any) -> Any:
+            during_removal.append(running)
+            return remove(*args)
+
+        worker.run_asr = counted  # type: ignore[method-assign]
+        worker.remove_language = removing  # type: ignore[method-assign]
+        got = await logits_of(engine, clips)
+        assert most == 2
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+        # A removal while batches of other languages run: it waits for them.
+        others = [c for c in clips if c[1] != "it"]
+        busy = asyncio.ensure_future(logits_of(engine, others * 2))
+        await asyncio.sleep(0.02)
+        await engine.remove_language("it")
+        assert during_removal == [0]
+        assert "it" not in engine.languages
+        kept = [e for c, e in zip(clips, expected, strict=True) if c[1] != "it"] * 2
+        for a, b in zip(await busy, kept, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+        await engine.stop()
 
     asyncio.run(asyncio.wait_for(main(), 120))

@@ -12,7 +12,13 @@ from model.compiled import compile_supported
 from model.decoding import greedy_decode_batch
 from model.train.data.espeak import Voice, synthesize
 from service.settings import DEFAULT_BUNDLE
-from service.worker import ModelWorker, resolve_compile, resolve_device, resolve_dtype
+from service.worker import (
+    ModelWorker,
+    resolve_compile,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_threads,
+)
 
 
 def test_mixed_padded_batch_matches_each_sample_alone(tiny_bundle: Path) -> None:
@@ -81,3 +87,15 @@ def test_compiled_forward_gives_the_eager_transcripts_on_the_default_bundle() ->
         assert text_a[0].text == text_b[0].text
         texts.append(text_a[0].text)
     assert sum(len(t) for t in texts) > 0.5 * sum(len(s) for s in SPOKEN.values()), texts
+
+
+def test_model_threads_resolution() -> None:
+    # (LASS_MODEL_THREADS, LASS_TORCH_THREADS, LASS_DEVICE) -> (model threads, torch each)
+    assert resolve_model_threads(None, 4, "cpu") == (2, 2)
+    assert resolve_model_threads(None, 1, "cpu") == (1, 1)
+    assert resolve_model_threads(None, 8, "cuda") == (1, 8)
+    assert resolve_model_threads(3, 8, "cpu") == (3, 2)
+    assert resolve_model_threads(4, 2, "cpu") == (4, 1)
+    threads, each = resolve_model_threads(None, None, "cpu")
+    assert threads == (2 if torch.get_num_threads() >= 2 else 1)
+    assert each == max(1, torch.get_num_threads() // threads)
