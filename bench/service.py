@@ -10,9 +10,10 @@ overhead for one clip at a time on the ``none`` server: 1 - (model forward time 
 
 Policies: ``auto`` is the default configuration (``LASS_BATCH_MODE=auto``: the way that
 ran fastest at warm-up); ``mixed``, ``language`` and ``none`` force one way; all four use
-the forward ``--compile`` selects (default ``auto``: compiled on the CPU). ``eager-*``
-are the same with ``LASS_COMPILE=off`` (the eager forward: the baseline before the
-compiled one). Each server's start-up time (to ready: load, compile, warm-up) is reported.
+the forward ``--compile`` selects (default ``auto``: compiled on the CPU) and the
+default model threads (two on a CPU). ``eager-*`` are the same ways as served before
+either existed: ``LASS_COMPILE=off`` (the eager forward) and ``LASS_MODEL_THREADS=1``.
+Each server's start-up time (to ready: load, compile, warm-up) is reported.
 
 Without ``--bundle`` it writes a random-weight bundle of ``--preset`` with ``--languages``
 languages (throughput does not depend on the weights' values). The last line printed is
@@ -57,8 +58,12 @@ POLICIES: dict[str, dict[str, str]] = {
     "mixed-fifo": {"LASS_BATCH_MODE": "mixed", "LASS_BATCH_LANGUAGE_AFFINITY": "false"},
 }
 FORCED = ("mixed", "language", "none")  # the ways auto chooses among
-for _way in FORCED:  # the eager forward (LASS_COMPILE=off): the baseline before compiling
-    POLICIES[f"eager-{_way}"] = {**POLICIES[_way], "LASS_COMPILE": "off"}
+for _way in FORCED:  # the baseline before issue 16: the eager forward in one model thread
+    POLICIES[f"eager-{_way}"] = {
+        **POLICIES[_way],
+        "LASS_COMPILE": "off",
+        "LASS_MODEL_THREADS": "1",
+    }
 
 
 def write_random_bundle(out: Path, preset: str, languages: list[str], seed: int = 0) -> Path:
