@@ -30,4 +30,6 @@ def test_compiled_mode_in_thread_cpu_time(capsys: pytest.CaptureFixture[str]) ->
     assert any(line.startswith("cached, compiled conv") for line in lines)
     result = json.loads(lines[-1])
     assert result["compiled_s"] > 0 and result["compiled_vs_cached"] > 0
-    assert result["first_compiled_call_s"] >= result["compiled_s"]
+    # Compiling may be a cache hit (inductor's cache, warmed by an earlier test) and its
+    # workers' CPU time is not this thread's: the first call is reported, not compared.
+    assert result["first_compiled_call_s"] > 0
