@@ -12,7 +12,8 @@ Policies: ``auto`` is the default configuration (``LASS_BATCH_MODE=auto``: the w
 ran fastest at warm-up); ``mixed``, ``language`` and ``none`` force one way; all four use
 the forward ``--compile`` selects (default ``auto``: compiled on the CPU) and the
 default model threads (two on a CPU). ``eager-*`` are the same ways as served before
-either existed: ``LASS_COMPILE=off`` (the eager forward) and ``LASS_MODEL_THREADS=1``.
+either existed: ``LASS_COMPILE=off`` (the eager forward) and ``LASS_MODEL_THREADS=1``;
+``*-1t`` are the compiled ways in one model thread (what the model threads add).
 Each server's start-up time (to ready: load, compile, warm-up) is reported.
 
 Without ``--bundle`` it writes a random-weight bundle of ``--preset`` with ``--languages``
@@ -58,6 +59,8 @@ POLICIES: dict[str, dict[str, str]] = {
     "mixed-fifo": {"LASS_BATCH_MODE": "mixed", "LASS_BATCH_LANGUAGE_AFFINITY": "false"},
 }
 FORCED = ("mixed", "language", "none")  # the ways auto chooses among
+for _way in FORCED:  # compiled, one model thread: what the model threads add
+    POLICIES[f"{_way}-1t"] = {**POLICIES[_way], "LASS_MODEL_THREADS": "1"}
 for _way in FORCED:  # the baseline before issue 16: the eager forward in one model thread
     POLICIES[f"eager-{_way}"] = {
         **POLICIES[_way],

@@ -53,5 +53,6 @@ def test_bench_service_reports_every_policy(
     # auto settled on one of the ways by timing them at warm-up
     assert summary["auto_chose"]["way"] in {"mixed", "language", "none"}
     assert set(summary["auto_chose"]["measured_s"]) == {"mixed", "language", "none"}
+    assert summary["auto_chose"]["model_threads"] >= 1
     assert summary["mixed_vs_none"] > 0 and summary["mixed_vs_language"] > 0
     assert 0 <= summary["overhead"]["overhead"] < 1
