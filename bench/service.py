@@ -2,8 +2,8 @@
 
 Starts a real ``lass serve`` per policy on the same bundle (all at once; idle ones cost no
 CPU), then offers the same load (4 s clips over N languages from concurrent closed-loop
-clients) to each in turn, ``--rounds`` times, so drifting background load on the machine
-hits every policy alike. Reports per policy: RTFx (audio seconds transcribed per wall
+clients) to each in turn, ``--rounds`` times in a rotating order, so drifting background
+load on the machine hits every policy alike. Reports per policy: RTFx (audio seconds transcribed per wall
 second), p50/p95/p99 latency, errors and the mean batch size. First it measures the server
 overhead for one clip at a time on the ``none`` server: 1 - (model forward time from the
 ``Server-Timing`` header) / (end-to-end latency seen by the client).
@@ -362,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             overhead = measure_overhead(servers["none"], clips, args.overhead_requests)
             print(f"overhead (one request at a time): {overhead}")
         for round_ in range(args.rounds):
-            for policy in policies:
+            # The order rotates each round: no policy always runs first or after the same
+            # one (the first slot of a round measured a few % low on a quiet machine).
+            shift = round_ % len(policies)
+            for policy in policies[shift:] + policies[:shift]:
                 part = offer_load(
                     servers[policy],
                     policy,

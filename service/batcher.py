@@ -103,9 +103,15 @@ WAYS = ("mixed", "language", "none")
 
 
 def fastest_way(
-    seconds: Mapping[str, float], mixed_gain: float = 1.5, min_batching_gain: float = 1.05
+    seconds: Mapping[str, float],
+    items: int = 1,
+    mixed_gain: float = 1.5,
+    min_batching_gain: float = 1.05,
+    long_item_s: float = 0.1,
+    long_batching_gain: float = 1.15,
 ) -> str:
-    """The way (of :data:`WAYS`) to serve with, from the seconds each took on the same work.
+    """The way (of :data:`WAYS`) to serve with, from the seconds each took on the same
+    ``items`` clips.
 
     In a server a big batch costs what an in-process timing does not see: every request
     waits for its whole batch and the results come back in bursts that leave the model
@@ -115,13 +121,15 @@ def fastest_way(
     - the batched way is ``language`` unless ``mixed`` ran the work at least
       ``mixed_gain`` times faster (a GPU, where one launch for every language pays);
     - it is used only when it ran the work at least ``min_batching_gain`` times faster
-      than one item at a time (``none``).
+      than one item at a time (``none``), or ``long_batching_gain`` times when one item
+      alone took ``long_item_s`` or more: the longer an item's forward, the longer a batch
+      holds its requests and the less per-call overhead there is to save.
 
-    Measured on the quiet 2-core CPU with the default bundle (docs/benchmarks.md): warm-up
-    mixed 0.148 s, language 0.202 s, none 0.234 s; in the server language 107, mixed 87,
-    none 76 RTFx: language, as this rule picks. With two model threads (one core each) the
-    warm-up's gain shrank to 1.09x (language 0.209 s, none 0.228 s) and the server still
-    ran language 1.05x faster than none (112.5 and 107.6), hence 1.05, not more.
+    Measured on the quiet 2-core CPU (docs/benchmarks.md), two model threads: the default
+    bundle (0.03 s a clip) batched 1.07-1.12x faster at warm-up and served language
+    batches 1.01-1.05x faster than none; ``base`` (0.26 s a clip) batched 1.08x faster at
+    warm-up but served them 0.95x as fast as none. One model thread (earlier): the default
+    bundle 1.16x at warm-up, served 1.37x; ``base`` (0.17 s a clip) 1.16x, served 1.12x.
     """
     timed = {way: seconds[way] for way in WAYS if way in seconds}
     if not timed:
@@ -132,8 +140,11 @@ def fastest_way(
         batched = "mixed" if "mixed" in timed else "language"
     else:
         return "none"
-    if "none" in timed and timed["none"] < timed[batched] * min_batching_gain:
-        return "none"
+    if "none" in timed:
+        long_items = timed["none"] / max(1, items) >= long_item_s
+        needed = long_batching_gain if long_items else min_batching_gain
+        if timed["none"] < timed[batched] * needed:
+            return "none"
     return batched
 
 

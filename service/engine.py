@@ -194,7 +194,7 @@ def settle_batch_policy(
     if settings.warmup and policy.max_batch_size > 1:
         items = min(8, policy.max_batch_size)
         seconds = worker.time_batch_modes(items=items, seconds=2.0)
-        way = fastest_way(seconds)
+        way = fastest_way(seconds, items=items)
         choice["measured_s"] = {k: round(v, 4) for k, v in seconds.items()}
         choice["decided_by"] = f"warm-up: {items} clips of 2 s mixed, per language, one by one"
     else:

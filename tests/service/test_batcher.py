@@ -400,12 +400,21 @@ def test_fastest_way_prefers_language_batches_unless_mixed_pays_clearly() -> Non
     # The quiet 2-core CPU (default bundle's warm-up): language, what the server ran fastest.
     assert fastest_way({"mixed": 0.148, "language": 0.202, "none": 0.234}) == "language"
     assert fastest_way({"mixed": 1.3, "language": 1.0, "none": 4.0}) == "language"
-    # Two model threads of one core each: batching gained 1.09x at warm-up, 1.05x served.
-    assert fastest_way({"mixed": 0.2316, "language": 0.2088, "none": 0.2275}) == "language"
+    # Two model threads of one core each, 8 clips: the default bundle (0.03 s a clip)
+    # batched 1.09x faster at warm-up and served 1.05x; base (0.26 s a clip) 1.08x at
+    # warm-up, but served 0.95x: long items need a clearer gain.
+    tiny = {"mixed": 0.2316, "language": 0.2088, "none": 0.2275}
+    assert fastest_way(tiny, items=8) == "language"
+    base = {"mixed": 2.102, "language": 1.9173, "none": 2.0752}
+    assert fastest_way(base, items=8) == "none"
+    assert fastest_way({"mixed": 1.285, "language": 1.191, "none": 1.382}, items=8) == "language"
     # Batching that barely pays (base on the CPU: 3.87 s vs 3.93 s): one at a time.
     assert fastest_way({"mixed": 6.10, "language": 3.87, "none": 3.93}) == "none"
+    assert fastest_way({"mixed": 0.546, "none": 0.666}, items=8) == "mixed"
+    assert fastest_way({"mixed": 0.546, "none": 0.666}, items=8, min_batching_gain=1.3) == "none"
+    # one item of 0.666 s: a long item, so 1.22x is enough only below long_batching_gain
     assert fastest_way({"mixed": 0.546, "none": 0.666}) == "mixed"
-    assert fastest_way({"mixed": 0.546, "none": 0.666}, min_batching_gain=1.3) == "none"
+    assert fastest_way({"mixed": 0.546, "none": 0.666}, long_batching_gain=1.25) == "none"
     assert fastest_way({"language": 2.0}) == "language"
     assert fastest_way({"none": 2.0}) == "none"
     with pytest.raises(ValueError, match="no timings"):
