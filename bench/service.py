@@ -3,10 +3,10 @@
 Starts a real ``lass serve`` per policy on the same bundle (all at once; idle ones cost no
 CPU), then offers the same load (4 s clips over N languages from concurrent closed-loop
 clients) to each in turn, ``--rounds`` times in a rotating order, so drifting background
-load on the machine hits every policy alike. Reports per policy: RTFx (audio seconds transcribed per wall
-second), p50/p95/p99 latency, errors and the mean batch size. First it measures the server
-overhead for one clip at a time on the ``none`` server: 1 - (model forward time from the
-``Server-Timing`` header) / (end-to-end latency seen by the client).
+load on the machine hits every policy alike. Reports per policy: RTFx (audio seconds
+transcribed per wall second), p50/p95/p99 latency, errors and the mean batch size. First
+it measures the server overhead for one clip at a time on the ``none`` server: 1 - (model
+forward time from the ``Server-Timing`` header) / (end-to-end latency seen by the client).
 
 Policies: ``auto`` is the default configuration (``LASS_BATCH_MODE=auto``: the way that
 ran fastest at warm-up); ``mixed``, ``language`` and ``none`` force one way; all four use
