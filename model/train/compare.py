@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -70,6 +71,7 @@ STAGE_OUTPUTS = {
     "finetune": "finetune/model.pt",
 }
 TIMING = "timing.json"
+STOPPED = "stopped.json"  # per stage: seconds the process was stopped (not in TIMING)
 # Cost of evaluating one second of audio (forward pass + beam searches) relative to one
 # training second, for the ETA only: about what the micro and tiny runs measured.
 EVAL_COST = 0.5
@@ -260,9 +262,55 @@ def link_shared(shared: Path, run_dir: Path) -> None:
         shutil.copyfile(shared / "vocab.json", run_dir / "vocab.json")
 
 
-def _add_time(folder: Path, stage: str, seconds: float) -> dict[str, float]:
+class StageClock:
+    """Wall seconds of a stage less the time its process was stopped.
+
+    A stopped process (SIGSTOP, which is how this machine's comparison is paused while
+    benchmarks need quiet cores, or a suspended VM) did no training, so its stage time
+    must not include the stop: a ticker thread wakes every ``tick`` seconds and counts a
+    wake-up later than ``gap`` seconds as stopped time.
+    """
+
+    def __init__(self, tick: float = 0.5, gap: float = 5.0) -> None:
+        self.tick, self.gap = tick, gap
+        self.stopped = 0.0
+        self.elapsed = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stage-clock", daemon=True)
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while not self._done.wait(self.tick):
+            now = time.monotonic()
+            if now - last > self.gap:
+                self.stopped += now - last - self.tick
+            last = now
+
+    def __enter__(self) -> StageClock:
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.elapsed = time.monotonic() - self._start
+
+    @property
+    def seconds(self) -> float:
+        """The stage's running time: elapsed less stopped."""
+        return max(0.0, self.elapsed - self.stopped)
+
+
+def _add_time(folder: Path, stage: str, seconds: float, stopped: float = 0.0) -> dict[str, float]:
     """Add ``seconds`` to ``stage`` in ``timing.json``: a run that resumes sums its calls
-    (the time an interrupted call spent after its last checkpoint is not counted)."""
+    (the time an interrupted call spent after its last checkpoint is not counted). The
+    time the process was stopped, not in ``seconds``, goes to ``stopped.json``."""
+    if stopped > 0:
+        stops = folder / STOPPED
+        paused = json.loads(stops.read_text(encoding="utf-8")) if stops.exists() else {}
+        paused[stage] = round(paused.get(stage, 0.0) + stopped, 2)
+        atomic_write_text(stops, json.dumps(paused, indent=1))
     path = folder / TIMING
     timing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     timing[stage] = round(timing.get(stage, 0.0) + seconds, 2)
@@ -281,9 +329,9 @@ def _run_stages(
     timing: dict[str, float] = {}
     for stage in [s for s in planned if s in stages]:
         ctx.echo(f"[bold cyan]== {ctx.work_dir.name}: {stage} ==")
-        start = time.perf_counter()
-        runners[stage](ctx)
-        timing = _add_time(ctx.work_dir, stage, time.perf_counter() - start)
+        with StageClock() as clock:
+            runners[stage](ctx)
+        timing = _add_time(ctx.work_dir, stage, clock.seconds, clock.stopped)
         if after is not None:
             after(stage)
     path = ctx.work_dir / TIMING
