@@ -295,12 +295,18 @@ class Concurrency:
             it.future.set_result(batch.id)
 
 
+def one_clip_batches(runner: Concurrency, runners: int) -> Batcher:
+    """A started batcher of one-item batches (no waiting) over ``runners`` runners."""
+    batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=runners)
+    batcher.start()
+    return batcher
+
+
 @pytest.mark.parametrize("runners", [1, 2, 3])
 def test_up_to_runners_batches_run_at_once(runners: int) -> None:
     async def main() -> None:
         runner = Concurrency()
-        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=runners)
-        batcher.start()
+        batcher = one_clip_batches(runner, runners)
         futures = [batcher.submit(item(i)) for i in range(6)]
         assert sorted(await asyncio.gather(*futures)) == [1, 2, 3, 4, 5, 6]
         assert runner.most == runners
@@ -312,8 +318,7 @@ def test_up_to_runners_batches_run_at_once(runners: int) -> None:
 def test_exclusive_waits_for_running_batches_and_holds_new_ones() -> None:
     async def main() -> None:
         runner = Concurrency(hold=0.1)
-        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=2)
-        batcher.start()
+        batcher = one_clip_batches(runner, 2)
         first = [batcher.submit(item(i)) for i in range(2)]
         await asyncio.sleep(0.02)
         assert batcher.running == 2
@@ -332,8 +337,7 @@ def test_exclusive_waits_for_running_batches_and_holds_new_ones() -> None:
 def test_stop_without_draining_fails_the_running_batches_items() -> None:
     async def main() -> None:
         runner = Concurrency(hold=5.0)
-        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=2)
-        batcher.start()
+        batcher = one_clip_batches(runner, 2)
         futures = [batcher.submit(item(i)) for i in range(3)]
         await asyncio.sleep(0.02)
         await batcher.stop(drain=False)
@@ -347,8 +351,7 @@ def test_stop_without_draining_fails_the_running_batches_items() -> None:
 def test_stop_drains_every_runner() -> None:
     async def main() -> None:
         runner = Concurrency(hold=0.05)
-        batcher = Batcher(BatchPolicy(max_batch_size=1, max_wait_s=0), runner, runners=2)
-        batcher.start()
+        batcher = one_clip_batches(runner, 2)
         futures = [batcher.submit(item(i)) for i in range(5)]
         await batcher.stop(drain=True)
         assert all(f.done() and not f.exception() for f in futures)
