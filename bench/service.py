@@ -59,14 +59,11 @@ POLICIES: dict[str, dict[str, str]] = {
     "mixed-fifo": {"LASS_BATCH_MODE": "mixed", "LASS_BATCH_LANGUAGE_AFFINITY": "false"},
 }
 FORCED = ("mixed", "language", "none")  # the ways auto chooses among
-for _way in FORCED:  # compiled, one model thread: what the model threads add
+for _way in FORCED:
+    # compiled, one model thread: what the model threads add
     POLICIES[f"{_way}-1t"] = {**POLICIES[_way], "LASS_MODEL_THREADS": "1"}
-for _way in FORCED:  # the baseline before issue 16: the eager forward in one model thread
-    POLICIES[f"eager-{_way}"] = {
-        **POLICIES[_way],
-        "LASS_COMPILE": "off",
-        "LASS_MODEL_THREADS": "1",
-    }
+    # the baseline before issue 16: the eager forward in one model thread
+    POLICIES[f"eager-{_way}"] = {**POLICIES[f"{_way}-1t"], "LASS_COMPILE": "off"}
 
 
 def write_random_bundle(out: Path, preset: str, languages: list[str], seed: int = 0) -> Path:
