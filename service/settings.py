@@ -33,9 +33,8 @@ class Settings(BaseSettings):
     # (None: torch's default, one per core).
     torch_threads: Annotated[int | None, Field(ge=1, description="torch intra-op threads")] = None
     # Batches that run at once, each in its own model thread (service.batcher). None =
-    # auto: one on a GPU; on the CPU two when the model may use at least two threads, each
-    # then with half of them (two threads of one core each ran 1.5x the work of one
-    # thread of two: docs/benchmarks.md, "Model threads").
+    # auto: one on a GPU, two on the CPU, each with an equal share of torch_threads
+    # (service.worker.resolve_model_threads; measured: docs/benchmarks.md).
     model_threads: Annotated[int | None, Field(ge=1, description="batches run at once")] = None
     # Extra names the ``model`` field accepts besides the bundle's own id, so clients
     # written for OpenAI's API work unchanged.
