@@ -96,6 +96,6 @@ def test_every_recorded_form_is_pinned(now: dict[str, Any], frozen: dict[str, An
 def test_the_pins_cover_the_configs_the_comparison_resumes_with(frozen: dict[str, Any]) -> None:
     for key in ("compare.toml:comparable", "compare.toml:shared", "default.toml:comparable"):
         assert key in frozen
-    assert frozen["compare.toml:comparable"]["finetune"]["steps"] == 2500
+    assert frozen["compare.toml:comparable"]["finetune"]["steps"] == 2000
     # a float field keeps its float spelling in the JSON text
     assert '"batch_seconds": 80.0' in json.dumps(frozen["default.toml:comparable"]["pretrain"])
