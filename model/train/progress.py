@@ -18,9 +18,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+# Without a terminal (a run's log file) rich assumes 80 columns and cuts the counts and the
+# info short ("20000/16561…"); a log line may be as long as it needs.
+LOG_WIDTH = 200
+
 
 def progress_bar(disable: bool) -> Progress:
     """A rich ``Progress``; every task needs an ``info`` field (free text after the ETA)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=LOG_WIDTH)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -29,7 +36,7 @@ def progress_bar(disable: bool) -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
-        console=Console(stderr=True),
+        console=console,
         disable=disable,
         refresh_per_second=2,
     )

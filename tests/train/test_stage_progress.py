@@ -95,3 +95,17 @@ def test_corpus_progress_is_opt_in(tmp_path: Path, capsys: pytest.CaptureFixture
     build_synthetic_corpus(config, tmp_path / "loud", progress=True)
     err = capsys.readouterr().err
     assert "corpus" in err and "ETA" in err and "seconds of audio" in err
+
+
+def test_progress_in_a_log_file_is_not_cut_short(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a terminal rich assumed 80 columns: a comparison's log read
+    "20000/16561…" and lost the run's info."""
+    from model.train.progress import progress_bar
+
+    bar = progress_bar(False)
+    task = bar.add_task("compare", total=1_656_160, info="lass-seed0: adapt done")
+    bar.advance(task, 20_000)
+    bar.start()
+    bar.stop()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "20000/1656160" in line and line.endswith("lass-seed0: adapt done")
