@@ -217,7 +217,7 @@ def test_a_new_fine_tuning_budget_reuses_the_shared_folder(tmp_path: Path) -> No
         _check_same_config(tmp_path, other, SHARED_KEYS)
 
 
-def test_stage_clock_leaves_out_the_time_the_process_was_stopped(tmp_path: Path) -> None:
+def test_stage_clock_leaves_out_the_time_the_process_was_stopped() -> None:
     """The comparison is paused with SIGSTOP while benchmarks need quiet cores: a stage's
     time must not count the pause."""
     script = (
