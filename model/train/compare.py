@@ -50,6 +50,7 @@ from model.train.config import (
     ConfigError,
     Float,
     Int,
+    LoopConfig,
     PipelineConfig,
     Str,
     load_config_with,
@@ -338,18 +339,33 @@ def _run_stages(
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else timing
 
 
-def stage_cost(cfg: PipelineConfig, stage: str, n_languages: int, eval_seconds: float) -> float:
+def step_seconds(loop: LoopConfig, clip_seconds: float) -> float:
+    """Audio-seconds of one batch: ``batch_seconds``, unless ``max_batch_size`` clips of the
+    corpus's mean length (``clip_seconds``; 0 = unknown) fill less. The default recipe's
+    80-s batches hold 16 clips of ~3 s, ~48 s: counted at 80 s, the ETA overestimated."""
+    if clip_seconds <= 0:
+        return loop.batch_seconds
+    return min(loop.batch_seconds, loop.max_batch_size * clip_seconds)
+
+
+def stage_cost(
+    cfg: PipelineConfig,
+    stage: str,
+    n_languages: int,
+    eval_seconds: float,
+    clip_seconds: float = 0.0,
+) -> float:
     """Planned training audio-seconds of one stage (what the ETA counts in)."""
     if stage == "pretrain":
-        return cfg.pretrain.steps * cfg.pretrain.batch_seconds
+        return cfg.pretrain.steps * step_seconds(cfg.pretrain, clip_seconds)
     if stage == "prune" and cfg.method == "lass":
         rounds = 1 if cfg.prune.method == "one_shot" else max(1, cfg.prune.rounds)
-        return n_languages * rounds * cfg.prune.steps * cfg.prune.batch_seconds
+        return n_languages * rounds * cfg.prune.steps * step_seconds(cfg.prune, clip_seconds)
     if stage == "adapt" and cfg.method in ("lass", "dense_adapt"):
-        return cfg.adapt.steps * cfg.adapt.batch_seconds
+        return cfg.adapt.steps * step_seconds(cfg.adapt, clip_seconds)
     if stage == "finetune":
         lid = cfg.finetune.lid_steps if cfg.model.lid_head else 0
-        return (cfg.finetune.steps + lid) * cfg.finetune.batch_seconds
+        return (cfg.finetune.steps + lid) * step_seconds(cfg.finetune, clip_seconds)
     if stage == "evaluate":
         return EVAL_COST * eval_seconds
     return 0.0
@@ -404,11 +420,13 @@ def run_compare(
     if missing:
         raise StageError(f"compare: languages {missing} are not in the corpus ({languages})")
     eval_seconds = sum(e.duration for e in shared.split(cfg.evaluate.split).entries)
+    train = shared.split("train").entries
+    clip_seconds = sum(e.duration for e in train) / max(1, len(train))
     configs = {spec: run_config(cfg, spec, groups) for spec in runs}
     run_dirs = {spec: work / "runs" / spec.name for spec in runs}
 
     def cost(c: PipelineConfig, stages: Iterable[str]) -> float:
-        return sum(stage_cost(c, s, len(languages), eval_seconds) for s in stages)
+        return sum(stage_cost(c, s, len(languages), eval_seconds, clip_seconds) for s in stages)
 
     def finished(spec: RunSpec) -> list[str]:
         """The run's stages already done (by an earlier call): not counted in the speed."""

@@ -27,7 +27,9 @@ from model.train.compare import (
     plan_runs,
     served,
     spread,
+    stage_cost,
 )
+from model.train.config import PipelineConfig
 from tests.conftest import REPO
 from tests.train.stage_helpers import MICRO_MODEL, MICRO_STAGES, micro_corpus  # noqa: F401
 
@@ -86,6 +88,18 @@ def test_spread_and_served_arithmetic() -> None:
     }
     # 1000 + 3 x 10 weights at 2 bytes, plus 3 masks of 100 bytes
     assert served(params, 3) == (1030, 1030 * 2 + 300)
+
+
+def test_the_eta_counts_the_audio_a_batch_really_holds() -> None:
+    """80-s batches of at most 16 clips of 3 s hold 48 s: the ETA counts 48, not 80."""
+    cfg = PipelineConfig()
+    cfg.finetune.steps, cfg.finetune.batch_seconds, cfg.finetune.max_batch_size = 100, 80.0, 16
+    cfg.model.lid_head = False
+    assert stage_cost(cfg, "finetune", 6, 0.0, clip_seconds=3.0) == pytest.approx(4800.0)
+    assert stage_cost(cfg, "finetune", 6, 0.0, clip_seconds=6.0) == pytest.approx(8000.0)
+    assert stage_cost(cfg, "finetune", 6, 0.0) == pytest.approx(8000.0)  # unknown clip length
+    cfg.method = "dense"
+    assert stage_cost(cfg, "prune", 6, 0.0, clip_seconds=3.0) == 0.0  # dense prunes nothing
 
 
 def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> None:  # noqa: F811
