@@ -62,7 +62,7 @@ from model.train.config import (
 from model.train.context import Context, StageError
 from model.train.export import git_version
 from model.train.inputs import make_inputs
-from model.train.loop import CHECKPOINT, train_loop
+from model.train.loop import CHECKPOINT, train_stage_loop
 from model.train.objectives import StepResult, ctc_loss
 from model.train.paths import recorded_path
 from model.vocab import ColumnVocabulary, Vocabulary
@@ -383,20 +383,15 @@ def run_add_language(
         f"CTC rows {new_tokens}, {len(inputs.dataset)} utterances"
     )
     if params and acfg.steps > 0:
-        train_loop(
+        train_stage_loop(
+            ctx,
+            inputs,
             name=f"add-language {language} {method}",
             out_dir=folder,
             cfg=acfg,
             modules=modules,
             params=params,
             step_fn=lambda batch, step: pm.step(batch),
-            plan=inputs.plan,
-            dataset=inputs.dataset,
-            collate_fn=inputs.collate,
-            device=device,
-            dist=ctx.dist,
-            num_workers=ctx.cfg.data.num_workers,
-            quiet=ctx.quiet,
         )
     else:
         ctx.echo(

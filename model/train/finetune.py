@@ -24,7 +24,7 @@ from model.train.artifacts import save_artifact, stage_record
 from model.train.config import FinetuneConfig
 from model.train.context import Context
 from model.train.inputs import make_inputs
-from model.train.loop import train_loop
+from model.train.loop import train_stage_loop
 from model.train.objectives import StepResult, ctc_loss, restrict_logits
 from model.vocab import Vocabulary
 
@@ -108,20 +108,15 @@ def run_finetune(ctx: Context, init: Path | None = None) -> Path:
     params = trainable_parameters(model, cfg, method)
     inputs = make_inputs(ctx, "train", cfg, mode="mixed", with_text=True)
     modules: dict[str, torch.nn.Module] = {"model": model}
-    train_loop(
+    train_stage_loop(
+        ctx,
+        inputs,
         name="finetune",
         out_dir=ctx.stage_dir("finetune"),
         cfg=cfg,
         modules=modules,
         params=params,
         step_fn=lambda batch, step: ctc_step(model, batch, allowed),
-        plan=inputs.plan,
-        dataset=inputs.dataset,
-        collate_fn=inputs.collate,
-        device=device,
-        dist=ctx.dist,
-        num_workers=ctx.cfg.data.num_workers,
-        quiet=ctx.quiet,
     )
     wanted = ctx.cfg.model.lid_input
     if model.lid_head is not None and model.lid_input != wanted:
@@ -139,22 +134,17 @@ def run_finetune(ctx: Context, init: Path | None = None) -> Path:
             if cfg.lid_balance
             else None
         )
-        train_loop(
+        train_stage_loop(
+            ctx,
+            lid_inputs,
             name="finetune-lid",
             out_dir=ctx.stage_dir("finetune") / "lid",
             cfg=cfg,
             modules={"lid_head": model.lid_head},
             params=list(model.lid_head.parameters()),
             step_fn=lambda batch, step: lid_step(model, batch, lid_weights),
-            plan=lid_inputs.plan,
-            dataset=lid_inputs.dataset,
-            collate_fn=lid_inputs.collate,
-            device=device,
-            dist=ctx.dist,
-            num_workers=ctx.cfg.data.num_workers,
             steps=cfg.lid_steps,
             lr=cfg.lid_lr,
-            quiet=ctx.quiet,
         )
     for p in model.parameters():
         p.requires_grad_(True)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -30,6 +30,10 @@ from model.train.distributed import DistInfo, ParallelStep, barrier, broadcast_m
 from model.train.metrics import MetricsLog
 from model.train.objectives import StepResult
 from model.train.progress import progress_bar
+
+if TYPE_CHECKING:
+    from model.train.context import Context
+    from model.train.inputs import TrainInputs
 
 CHECKPOINT = "checkpoint.pt"
 BatchPlan = Callable[[int], list[list[int]]]  # epoch -> global batches of dataset indices
@@ -250,6 +254,40 @@ def train_loop(
     if log is not None:
         log.close()
     return state
+
+
+def train_stage_loop(
+    ctx: Context,
+    inputs: TrainInputs,
+    *,
+    name: str,
+    out_dir: Path,
+    cfg: LoopConfig,
+    modules: Mapping[str, nn.Module],
+    params: Sequence[nn.Parameter],
+    step_fn: StepFn,
+    steps: int | None = None,
+    lr: float | None = None,
+) -> LoopState:
+    """:func:`train_loop` over a stage's ``inputs`` (``model.train.inputs``), on the stage
+    context's device and ranks, with its data workers and its quietness."""
+    return train_loop(
+        name=name,
+        out_dir=out_dir,
+        cfg=cfg,
+        modules=modules,
+        params=params,
+        step_fn=step_fn,
+        plan=inputs.plan,
+        dataset=inputs.dataset,
+        collate_fn=inputs.collate,
+        device=ctx.device,
+        dist=ctx.dist,
+        num_workers=ctx.cfg.data.num_workers,
+        steps=steps,
+        lr=lr,
+        quiet=ctx.quiet,
+    )
 
 
 def _gather_rng(dist: DistInfo) -> list[dict[str, Any]]:

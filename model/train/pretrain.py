@@ -17,7 +17,7 @@ from model.train.artifacts import Artifact, save_artifact, stage_record
 from model.train.config import ContrastiveConfig, LoopConfig
 from model.train.context import Context
 from model.train.inputs import make_inputs
-from model.train.loop import train_loop
+from model.train.loop import train_stage_loop
 from model.train.metrics import read_metrics
 from model.train.objectives import ContrastiveHead, StepResult, contrastive_step
 
@@ -70,20 +70,15 @@ def train_contrastive(
             step,
         )
 
-    train_loop(
+    train_stage_loop(
+        ctx,
+        inputs,
         name=name,
         out_dir=out_dir,
         cfg=loop,
         modules={"model": model, "head": head},
         params=backbone_parameters(model) + list(head.parameters()),
         step_fn=step_fn,
-        plan=inputs.plan,
-        dataset=inputs.dataset,
-        collate_fn=inputs.collate,
-        device=device,
-        dist=ctx.dist,
-        num_workers=ctx.cfg.data.num_workers,
-        quiet=ctx.quiet,
     )
     rows = read_metrics(out_dir)
     if rows and "code_perplexity" in rows[-1]:

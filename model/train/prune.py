@@ -34,7 +34,7 @@ from model.train.config import PruneConfig
 from model.train.context import Context
 from model.train.finetune import allowed_columns, ctc_step
 from model.train.inputs import make_inputs
-from model.train.loop import CHECKPOINT, train_loop
+from model.train.loop import CHECKPOINT, train_stage_loop
 from model.train.objectives import StepResult, contrastive_step
 from model.train.pretrain import contrastive_head
 
@@ -127,20 +127,15 @@ def _importance_run(
             )
 
     model.feature_extractor.requires_grad_(False)
-    train_loop(
+    train_stage_loop(
+        ctx,
+        inputs,
         name=f"prune {language} {out_dir.name}",
         out_dir=out_dir,
         cfg=cfg,
         modules=modules,
         params=params,
         step_fn=step_fn,
-        plan=inputs.plan,
-        dataset=inputs.dataset,
-        collate_fn=inputs.collate,
-        device=device,
-        dist=ctx.dist,
-        num_workers=ctx.cfg.data.num_workers,
-        quiet=ctx.quiet,
     )
     model.feature_extractor.requires_grad_(True)
     model.set_masks(None)
