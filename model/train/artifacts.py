@@ -71,8 +71,7 @@ def new_model(cfg: ModelConfig, vocab: Vocabulary, init_from: Path | None = None
         model = build(art.model.config)
         _load_compatible(model, art.model.state_dict())
         return model
-    with torch.random.fork_rng():  # the same seed gives the same weights, in any process
-        torch.manual_seed(cfg.seed)
+    with ckpt.seeded(cfg.seed):  # the same seed gives the same weights, in any process
         return build(backbone_config(cfg))
 
 

@@ -8,6 +8,8 @@ included) leaves either the previous checkpoint or the new one, never half a fil
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draw from torch's global RNG as seeded with ``seed``, and leave it as it was.
+
+    For modules a stage creates before its loop seeds everything (a contrastive head, the
+    adapters): unseeded, their initial weights came from whatever the process had drawn
+    before, so two runs of the same config differed from their first step."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield

@@ -28,6 +28,7 @@ the spread over seeds measures the downstream training's variance, not pre-train
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -44,6 +45,7 @@ import pydantic.dataclasses
 import torch
 
 from model.atomic import atomic_write_text
+from model.train import checkpoint as ckpt
 from model.train.config import (
     STAGES,
     TABLE,
@@ -239,6 +241,18 @@ def _check_same_config(folder: Path, cfg: PipelineConfig, keys: tuple[str, ...] 
             )
     else:
         atomic_write_text(path, json.dumps(wanted, indent=1))
+
+
+def _check_same_start(folder: Path, start: Mapping[str, str]) -> None:
+    """A finished run made from other shared stages (a pre-training redone after its work
+    folder was lost, say) would not share the other runs' starting point: refuse it."""
+    recorded = json.loads((folder / RESULT).read_text(encoding="utf-8")).get("shared")
+    if recorded is not None and recorded != dict(start):
+        changed = sorted(k for k in set(recorded) | set(start) if recorded.get(k) != start.get(k))
+        raise StageError(
+            f"{folder / RESULT} was made from other shared stages (its {changed} digests "
+            "differ): delete that run folder to redo it, or use another --work-dir"
+        )
 
 
 # ------------------------------------------------------------------------ running
@@ -444,12 +458,14 @@ def run_compare(
     _run_stages(shared, ["pretrain", "lm"])
     if not pretrained:
         eta.advance(cost(shared_cfg, ["pretrain"]), "shared pre-training done")
+    start = shared_digest(shared)
     report.write()
     for i, spec in enumerate(runs, start=1):
         folder = run_dirs[spec]
         run_cfg = configs[spec]
         if (folder / RESULT).exists():
             _check_same_config(folder, run_cfg)
+            _check_same_start(folder, start)
             shared.echo(f"compare: {spec.name} is done, skipped ({i}/{len(runs)})")
             continue
         link_shared(shared.work_dir, folder)
@@ -471,10 +487,35 @@ def run_compare(
 
         timing = _run_stages(ctx, RUN_STAGES, after)
         result = run_result(ctx, spec, timing, code)
+        result["shared"] = start
         atomic_write_text(folder / RESULT, json.dumps(result, indent=1))
         report.write()
         shared.echo(f"compare: {spec.name} finished ({i}/{len(runs)})")
     return report.write()
+
+
+def shared_digest(shared: Context) -> dict[str, str]:
+    """sha256 of what every run starts from: the train/dev/test manifests, the pre-trained
+    weights (each tensor's name and bytes, in name order) and the LM files. A finished run
+    records it; a run found finished under another digest came from another start."""
+
+    def files(paths: Iterable[Path]) -> str:
+        h = hashlib.sha256()
+        for path in paths:
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+        return h.hexdigest()
+
+    weights = hashlib.sha256()
+    state = ckpt.load(shared.output("pretrain"))["state_dict"]
+    for name in sorted(state):
+        raw = state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        weights.update(name.encode() + b"\0" + raw.numpy().tobytes())
+    lm = shared.work_dir / "lm"
+    return {
+        "manifests": files(shared.manifest_path(s) for s in ("train", "dev", "test")),
+        "pretrain": weights.hexdigest(),
+        "lm": files(sorted(p for p in lm.iterdir() if p.is_file()) if lm.is_dir() else []),
+    }
 
 
 # ------------------------------------------------------------------ one run's result

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.network import LassModel
+from model.train import checkpoint as ckpt
 from model.train.adapters import LanguageAdapters
 from model.train.artifacts import save_artifact, stage_record
 from model.train.config import FinetuneConfig
@@ -100,7 +101,8 @@ def run_finetune(ctx: Context, init: Path | None = None) -> Path:
     model.set_masks(masks)
     adapters = None
     if method == "adapters":
-        adapters = LanguageAdapters.for_model(model, cfg.adapter_dim)
+        with ckpt.seeded(cfg.seed):
+            adapters = LanguageAdapters.for_model(model, cfg.adapter_dim)
         if "adapters" in art.heads:
             adapters.load_state_dict(art.heads["adapters"])
         adapters.attach(model)

@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from model.masks import LanguageMasks
+from model.train import checkpoint as ckpt
 from model.train.artifacts import Artifact, save_artifact, stage_record
 from model.train.config import ContrastiveConfig, LoopConfig
 from model.train.context import Context
@@ -22,10 +23,12 @@ from model.train.metrics import read_metrics
 from model.train.objectives import ContrastiveHead, StepResult, contrastive_step
 
 
-def contrastive_head(art: Artifact, cfg: ContrastiveConfig) -> ContrastiveHead:
-    """A fresh head, or the one a previous contrastive stage saved (when it fits)."""
+def contrastive_head(art: Artifact, cfg: ContrastiveConfig, seed: int) -> ContrastiveHead:
+    """The head a previous contrastive stage saved (when it fits), else a fresh one whose
+    weights depend on ``seed`` alone."""
     config = art.model.config
-    head = ContrastiveHead(config.feature_dim, config.encoder_embed_dim, cfg)
+    with ckpt.seeded(seed):
+        head = ContrastiveHead(config.feature_dim, config.encoder_embed_dim, cfg)
     saved = art.heads.get("contrastive")
     if saved is not None:
         own = head.state_dict()
@@ -55,7 +58,7 @@ def train_contrastive(
     device = ctx.device
     model = art.model.to(device)
     model.set_masks(masks)
-    head = contrastive_head(art, objective).to(device)
+    head = contrastive_head(art, objective, loop.seed).to(device)
     inputs = make_inputs(ctx, "train", loop, mode="mixed", with_text=False)
 
     def step_fn(batch: object, step: int) -> StepResult:

@@ -115,7 +115,7 @@ def _importance_run(
             return ctc_step(model, batch, allowed)
 
     else:
-        head = contrastive_head(art, cfg.contrastive).to(device)
+        head = contrastive_head(art, cfg.contrastive, cfg.seed).to(device)
         modules["head"] = head
         unused = (*frozen, "ctc_head.")
         params = [p for n, p in model.named_parameters() if not n.startswith(unused)]

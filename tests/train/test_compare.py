@@ -210,6 +210,29 @@ def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> N
     assert changed.exit_code == 2
     assert "another config" in changed.stderr
 
+    # Every run records the digest of the shared stages it started from ...
+    digests = {json.dumps(r["shared"], sort_keys=True) for r in report["runs"].values()}
+    assert len(digests) == 1
+    start = json.loads(digests.pop())
+    assert set(start) == {"manifests", "pretrain", "lm"}
+    # ... and the comparison is reproducible: another work folder pre-trains the very same
+    # weights and fine-tunes and scores a run exactly alike (no unseeded randomness).
+    elsewhere = ["--work-dir", str(tmp_path / "again"), "--methods", "dense", "--seeds", "0"]
+    other = runner.invoke(app, ["compare", str(config), *elsewhere])
+    assert other.exit_code == 0, other.output
+    redo = json.loads((tmp_path / "again" / "runs" / "dense-seed0" / "result.json").read_text())
+    assert redo["shared"] == start
+    assert redo["evaluation"] == report["runs"]["dense-seed0"]["evaluation"]
+
+    # A finished run kept from other shared stages (a lost work folder's) is refused.
+    path = work / "runs" / "dense-seed0" / "result.json"
+    kept = json.loads(path.read_text())
+    kept["shared"]["pretrain"] = "0" * 64
+    path.write_text(json.dumps(kept))
+    refused = runner.invoke(app, base)
+    assert refused.exit_code == 2
+    assert "other shared stages" in refused.stderr and "['pretrain']" in refused.stderr
+
 
 def test_a_new_fine_tuning_budget_reuses_the_shared_folder(tmp_path: Path) -> None:
     """The shared stages depend on the model, data, pre-training and LMs only."""

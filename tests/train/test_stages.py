@@ -64,6 +64,38 @@ def test_contrastive_loss_decreases_on_a_fixed_batch(micro_corpus: Path, tmp_pat
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
 
 
+def test_fresh_heads_and_adapters_depend_on_the_seed_alone() -> None:
+    """A stage's new contrastive head and adapters are made before its loop seeds the RNGs:
+    their weights must not depend on what the process drew before (it made two pre-trainings
+    of one config differ from their first step)."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from model.config import get_preset
+    from model.train import checkpoint as ckpt
+    from model.train.artifacts import Artifact
+    from model.train.pretrain import contrastive_head
+
+    art = cast(
+        Artifact, SimpleNamespace(model=SimpleNamespace(config=get_preset("tiny")), heads={})
+    )
+    cfg = ContrastiveConfig(codebook_entries=16)
+    torch.manual_seed(1)
+    first = contrastive_head(art, cfg, seed=3).state_dict()
+    torch.rand(100)  # the process draws something else in between
+    again = contrastive_head(art, cfg, seed=3).state_dict()
+    other = contrastive_head(art, cfg, seed=4).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    # the global RNG is left as it was
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with ckpt.seeded(9):
+        torch.rand(10)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_round_densities_and_magnitude_masks() -> None:
     densities = round_densities(0.75, 2)
     assert densities == pytest.approx([0.5, 0.25])
