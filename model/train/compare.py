@@ -94,6 +94,10 @@ class CompareConfig:
     low_sparsity: list[Float] = field(default_factory=list)
     ablation_seeds: list[Int] = field(default_factory=list)  # [] = seeds
     served_languages: list[Int] = field(default_factory=lambda: [100])  # besides the run's N
+    # A folder (relative to the config file) that keeps a copy of each finished run's result.
+    # A comparison whose work folder was lost takes them back once it has rebuilt the shared
+    # stages identically (the digests match) and redoes only the other runs. "" = none.
+    keep_results: Str = ""
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -253,6 +257,30 @@ def _check_same_start(folder: Path, start: Mapping[str, str]) -> None:
             f"{folder / RESULT} was made from other shared stages (its {changed} digests "
             "differ): delete that run folder to redo it, or use another --work-dir"
         )
+
+
+def config_digest(cfg: PipelineConfig) -> str:
+    """sha256 of what decides a run's result (:func:`_comparable`), for kept results."""
+    return hashlib.sha256(json.dumps(_comparable(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def _restore(kept: Path, folder: Path, start: Mapping[str, str], cfg: PipelineConfig) -> None:
+    """Take a kept result back into a new work folder: only when it was made under this
+    run's config from shared stages identical to this folder's."""
+    result = json.loads(kept.read_text(encoding="utf-8"))
+    if result.get("config") != config_digest(cfg):
+        raise StageError(
+            f"{kept} was made under another config: move the kept results away (or set "
+            "compare.keep_results to another folder) to run the comparison afresh"
+        )
+    if result.get("shared") != dict(start):
+        raise StageError(
+            f"{kept} was made from other shared stages than {folder.parent.parent / 'shared'} "
+            "(their digests differ; was the pre-training redone with other code or on another "
+            "kind of machine?): move the kept results away to run every run again"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / RESULT, json.dumps(result, indent=1))
 
 
 # ------------------------------------------------------------------------ running
@@ -442,10 +470,14 @@ def run_compare(
     def cost(c: PipelineConfig, stages: Iterable[str]) -> float:
         return sum(stage_cost(c, s, len(languages), eval_seconds, clip_seconds) for s in stages)
 
+    keep = cfg.resolve(ccfg.keep_results) if ccfg.keep_results else None
+
     def finished(spec: RunSpec) -> list[str]:
         """The run's stages already done (by an earlier call): not counted in the speed."""
         if (run_dirs[spec] / RESULT).exists():
             return list(RUN_STAGES)
+        if keep is not None and (keep / f"{spec.name}.json").exists():
+            return list(RUN_STAGES)  # to be restored
         return [s for s, out in STAGE_OUTPUTS.items() if (run_dirs[spec] / out).exists()]
 
     total = cost(shared_cfg, ["pretrain"]) + sum(cost(configs[s], RUN_STAGES) for s in runs)
@@ -463,9 +495,18 @@ def run_compare(
     for i, spec in enumerate(runs, start=1):
         folder = run_dirs[spec]
         run_cfg = configs[spec]
+        kept = keep / f"{spec.name}.json" if keep is not None else None
+        if kept is not None and kept.exists() and not (folder / RESULT).exists():
+            _restore(kept, folder, start, run_cfg)
+            shared.echo(f"compare: {spec.name} restored from {kept}")
         if (folder / RESULT).exists():
             _check_same_config(folder, run_cfg)
             _check_same_start(folder, start)
+            if kept is not None and not kept.exists():  # finished before it was kept
+                result = json.loads((folder / RESULT).read_text(encoding="utf-8"))
+                result["config"] = config_digest(run_cfg)  # checked equal just above
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(kept, json.dumps(result, indent=1))
             shared.echo(f"compare: {spec.name} is done, skipped ({i}/{len(runs)})")
             continue
         link_shared(shared.work_dir, folder)
@@ -487,8 +528,11 @@ def run_compare(
 
         timing = _run_stages(ctx, RUN_STAGES, after)
         result = run_result(ctx, spec, timing, code)
-        result["shared"] = start
+        result["shared"], result["config"] = start, config_digest(run_cfg)
         atomic_write_text(folder / RESULT, json.dumps(result, indent=1))
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(kept, json.dumps(result, indent=1))
         report.write()
         shared.echo(f"compare: {spec.name} finished ({i}/{len(runs)})")
     return report.write()

@@ -8,6 +8,7 @@ from each method, and resume (finished runs are skipped, a changed config is ref
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ low_resource = ["es"]
 low_sparsity = [0.5, 0.7, 0.9]   # 0.7 is the micro config's own sparsity for es
 ablation_seeds = [0]
 served_languages = [100]
+keep_results = "kept"   # beside the config file
 """
 
 
@@ -217,21 +219,40 @@ def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> N
     assert set(start) == {"manifests", "pretrain", "lm"}
     # ... and the comparison is reproducible: another work folder pre-trains the very same
     # weights and fine-tunes and scores a run exactly alike (no unseeded randomness).
+    unkept = tmp_path / "unkept.toml"  # kept results would be restored, not re-run
+    unkept.write_text(config.read_text().replace('keep_results = "kept"', ""))
     elsewhere = ["--work-dir", str(tmp_path / "again"), "--methods", "dense", "--seeds", "0"]
-    other = runner.invoke(app, ["compare", str(config), *elsewhere])
+    other = runner.invoke(app, ["compare", str(unkept), *elsewhere])
     assert other.exit_code == 0, other.output
     redo = json.loads((tmp_path / "again" / "runs" / "dense-seed0" / "result.json").read_text())
     assert redo["shared"] == start
     assert redo["evaluation"] == report["runs"]["dense-seed0"]["evaluation"]
 
-    # A finished run kept from other shared stages (a lost work folder's) is refused.
+    # A work folder lost: the shared stages are rebuilt identically and every kept result
+    # is taken back; nothing is trained again.
+    kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
+    assert kept == sorted(f"{name}.json" for name in report["runs"])
+    shutil.rmtree(work)
+    restored = runner.invoke(app, base)
+    assert restored.exit_code == 0, restored.output
+    assert restored.stderr.count("restored from") == 10
+    assert not list(work.glob("runs/*/finetune"))
+    assert json.loads((work / "compare.json").read_text())["runs"] == report["runs"]
+
+    # A finished run from other shared stages than the work folder's is refused, whether
+    # it is in the work folder or kept.
     path = work / "runs" / "dense-seed0" / "result.json"
-    kept = json.loads(path.read_text())
-    kept["shared"]["pretrain"] = "0" * 64
-    path.write_text(json.dumps(kept))
+    result = json.loads(path.read_text())
+    result["shared"]["pretrain"] = "0" * 64
+    path.write_text(json.dumps(result))
     refused = runner.invoke(app, base)
     assert refused.exit_code == 2
     assert "other shared stages" in refused.stderr and "['pretrain']" in refused.stderr
+    shutil.rmtree(work / "runs" / "dense-seed0")
+    (tmp_path / "kept" / "dense-seed0.json").write_text(json.dumps(result))
+    refused = runner.invoke(app, base)
+    assert refused.exit_code == 2
+    assert "dense-seed0.json was made from other shared stages" in refused.stderr
 
 
 def test_a_new_fine_tuning_budget_reuses_the_shared_folder(tmp_path: Path) -> None:
