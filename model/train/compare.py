@@ -828,6 +828,8 @@ class CompareReport:
             "shared_time_s": json.loads(shared_timing.read_text("utf-8"))
             if shared_timing.exists()
             else {},
+            # what every finished run started from (run_compare refuses a run that differs)
+            "shared": next((r["shared"] for r in results.values() if "shared" in r), None),
             "methods": methods,
             "ablation": ablation,
             "runs": {spec.name: results[spec] for spec in self.runs if spec in results},
@@ -905,6 +907,9 @@ def to_markdown(data: Mapping[str, Any]) -> str:
         "are unweighted means over their languages.",
         "",
     ]
+    if data.get("shared"):
+        digests = ", ".join(f"{k} `{v[:12]}`" for k, v in data["shared"].items())
+        lines += [f"Every run started from the same shared stages (sha256: {digests}).", ""]
     methods = data["methods"]
     if not methods:
         lines.append("No run has finished yet.")

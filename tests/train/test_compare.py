@@ -217,6 +217,8 @@ def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> N
     assert len(digests) == 1
     start = json.loads(digests.pop())
     assert set(start) == {"manifests", "pretrain", "lm"}
+    assert report["shared"] == start
+    assert f"pretrain `{start['pretrain'][:12]}`" in (work / "compare.md").read_text()
     # ... and the comparison is reproducible: another work folder pre-trains the very same
     # weights and fine-tunes and scores a run exactly alike (no unseeded randomness).
     unkept = tmp_path / "unkept.toml"  # kept results would be restored, not re-run
