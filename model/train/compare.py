@@ -264,6 +264,11 @@ def config_digest(cfg: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(_comparable(cfg), sort_keys=True).encode()).hexdigest()
 
 
+def _keep(kept: Path, result: Mapping[str, Any]) -> None:
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(kept, json.dumps(result, indent=1))
+
+
 def _restore(kept: Path, folder: Path, start: Mapping[str, str], cfg: PipelineConfig) -> None:
     """Take a kept result back into a new work folder: only when it was made under this
     run's config from shared stages identical to this folder's."""
@@ -505,8 +510,7 @@ def run_compare(
             if kept is not None and not kept.exists():  # finished before it was kept
                 result = json.loads((folder / RESULT).read_text(encoding="utf-8"))
                 result["config"] = config_digest(run_cfg)  # checked equal just above
-                kept.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(kept, json.dumps(result, indent=1))
+                _keep(kept, result)
             shared.echo(f"compare: {spec.name} is done, skipped ({i}/{len(runs)})")
             continue
         link_shared(shared.work_dir, folder)
@@ -531,8 +535,7 @@ def run_compare(
         result["shared"], result["config"] = start, config_digest(run_cfg)
         atomic_write_text(folder / RESULT, json.dumps(result, indent=1))
         if kept is not None:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(kept, json.dumps(result, indent=1))
+            _keep(kept, result)
         report.write()
         shared.echo(f"compare: {spec.name} finished ({i}/{len(runs)})")
     return report.write()
