@@ -517,8 +517,9 @@ def run_compare(
         _check_same_config(folder, run_cfg)
         ctx = Context.create(run_cfg, folder, quiet=quiet)
         earlier = frozenset(finished(spec))
-        # Adapters and heads created before the training loop seeds draw from the global
-        # RNG: seeded here, a run does not depend on the runs before it in this process.
+        # Contrastive heads and adapters are drawn from their stage's seed (ckpt.seeded);
+        # anything else drawn before a loop seeds (a replaced LID head) is seeded here, so a
+        # run does not depend on the runs before it in this process.
         torch.manual_seed(spec.seed)
 
         def after(
