@@ -34,8 +34,6 @@ import math
 import os
 import shutil
 import statistics
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ import torch
 
 from model.atomic import atomic_write_text
 from model.train import checkpoint as ckpt
+from model.train.clock import StageClock
 from model.train.config import (
     STAGES,
     TABLE,
@@ -308,46 +307,6 @@ def link_shared(shared: Path, run_dir: Path) -> None:
     _link(shared / "lm", run_dir / "lm")
     if not (run_dir / "vocab.json").exists():
         shutil.copyfile(shared / "vocab.json", run_dir / "vocab.json")
-
-
-class StageClock:
-    """Wall seconds of a stage less the time its process was stopped.
-
-    A stopped process (SIGSTOP, which is how this machine's comparison is paused while
-    benchmarks need quiet cores, or a suspended VM) did no training, so its stage time
-    must not include the stop: a ticker thread wakes every ``tick`` seconds and counts a
-    wake-up later than ``gap`` seconds as stopped time.
-    """
-
-    def __init__(self, tick: float = 0.5, gap: float = 5.0) -> None:
-        self.tick, self.gap = tick, gap
-        self.stopped = 0.0
-        self.elapsed = 0.0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="stage-clock", daemon=True)
-
-    def _watch(self) -> None:
-        last = time.monotonic()
-        while not self._done.wait(self.tick):
-            now = time.monotonic()
-            if now - last > self.gap:
-                self.stopped += now - last - self.tick
-            last = now
-
-    def __enter__(self) -> StageClock:
-        self._start = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-        self.elapsed = time.monotonic() - self._start
-
-    @property
-    def seconds(self) -> float:
-        """The stage's running time: elapsed less stopped."""
-        return max(0.0, self.elapsed - self.stopped)
 
 
 def _add_time(folder: Path, stage: str, seconds: float, stopped: float = 0.0) -> dict[str, float]:

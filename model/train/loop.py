@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from model.train import checkpoint as ckpt
+from model.train.clock import process_clock
 from model.train.config import LoopConfig, OptimConfig
 from model.train.distributed import DistInfo, ParallelStep, barrier, broadcast_modules
 from model.train.metrics import MetricsLog
@@ -156,8 +156,11 @@ def train_loop(
     window: dict[str, float] = {}
     window_n = 0
     window_audio = 0.0
-    window_start = time.perf_counter()
-    started = time.perf_counter()
+    # The process clock leaves out time the process was stopped (SIGSTOP): logged speeds
+    # and elapsed seconds are those of training.
+    clock = process_clock()
+    window_start = clock.now()
+    started = clock.now()
     steps_this_call = 0
     for module in modules.values():
         module.train()
@@ -226,19 +229,19 @@ def train_loop(
                     window[key] = window.get(key, 0.0) + value
                 bar.update(task, completed=state.step, info=f"loss {loss_value:.3f}")
                 if log is not None and (state.step % cfg.log_every == 0 or state.step == total):
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = clock.now() - window_start
                     log.log(
                         {
                             "step": state.step,
                             "epoch": state.epoch,
                             "lr": float(scheduler.get_last_lr()[0]),
-                            "elapsed_s": time.perf_counter() - started,
+                            "elapsed_s": clock.now() - started,
                             "audio_s_per_s": window_audio / max(elapsed, 1e-9),
                             **{k: v / window_n for k, v in window.items()},
                         }
                     )
                     window, window_n, window_audio = {}, 0, 0.0
-                    window_start = time.perf_counter()
+                    window_start = clock.now()
                 if state.step % cfg.checkpoint_every == 0 or state.step == total:
                     save()
                 if state.step >= total or (

@@ -18,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from model.train.clock import process_clock
+
 # Without a terminal (a run's log file) rich assumes 80 columns and cuts the counts and the
 # info short ("20000/16561…"); a log line may be as long as it needs.
 LOG_WIDTH = 200
@@ -39,4 +41,5 @@ def progress_bar(disable: bool) -> Progress:
         console=console,
         disable=disable,
         refresh_per_second=2,
+        get_time=process_clock().now,  # elapsed and ETA leave out time the process was stopped
     )
