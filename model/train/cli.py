@@ -34,7 +34,7 @@ INIT = typer.Option(
 
 def _context(config: Path, work_dir: Path | None, overrides: list[str], quiet: bool) -> Context:
     from model.train.config import ConfigError, load_config, parse_override
-    from model.train.context import Context
+    from model.train.context import Context, StageError
     from model.train.distributed import init_distributed
 
     try:
@@ -43,7 +43,11 @@ def _context(config: Path, work_dir: Path | None, overrides: list[str], quiet: b
         typer.echo(f"lass train: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     dist = init_distributed(cfg.device)
-    return Context.create(cfg, work_dir, dist=dist, quiet=quiet)
+    try:
+        return Context.create(cfg, work_dir, dist=dist, quiet=quiet)
+    except StageError as exc:
+        typer.echo(f"lass train: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
 
 
 def _run(ctx: Context, stage: str, fn: object, *args: object) -> None:
@@ -207,7 +211,7 @@ def add_language(
     """A language pack: one more language over the bundle's frozen weights (resumable)."""
     from model.train.add_language import load_add_language_config, run_add_language
     from model.train.config import ConfigError, parse_override
-    from model.train.context import Context
+    from model.train.context import Context, StageError
     from model.train.distributed import init_distributed
 
     overrides = dict(parse_override(o) for o in set_)
@@ -218,7 +222,11 @@ def add_language(
     except ConfigError as exc:
         typer.echo(f"lass train add-language: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    ctx = Context.create(cfg, work_dir, dist=init_distributed(cfg.device), quiet=quiet)
+    try:
+        ctx = Context.create(cfg, work_dir, dist=init_distributed(cfg.device), quiet=quiet)
+    except StageError as exc:
+        typer.echo(f"lass train add-language: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
     _run(ctx, "add-language", run_add_language, acfg, bundle, language, out)
 
 

@@ -8,9 +8,12 @@ the newest model written by an earlier stage, so every stage also runs alone
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 from rich.console import Console
@@ -27,10 +30,40 @@ from model.vocab import Vocabulary
 # Stages that write a model.pt, in pipeline order.
 MODEL_STAGES = ("pretrain", "adapt", "finetune")
 MODEL_FILE = "model.pt"
+LOCK_FILE = ".lock"  # held by the process training in a work folder; holds its pid
 
 
 class StageError(RuntimeError):
     """A stage cannot run (missing input, unsupported combination); the message says why."""
+
+
+_HELD: dict[Path, IO[str]] = {}  # the work folders this process holds, and their lock files
+
+
+def lock_work_dir(work_dir: Path) -> None:
+    """Hold ``<work_dir>/.lock`` until this process ends (again for a folder it holds: a
+    no-op). Two trainers in one folder would resume from the same checkpoints and
+    overwrite each other's; the second is refused, naming the first's pid. The lock is
+    the kernel's (``flock``): a killed process lets go of it, so nothing stale remains."""
+    key = work_dir.resolve()
+    if key in _HELD:
+        return
+    handle = open(key / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held for good)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise StageError(
+            f"another process (pid {owner}) is training in {work_dir}; wait for it to end "
+            "or stop it: two trainers in one work folder overwrite each other's checkpoints"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = handle
 
 
 @dataclass
@@ -54,7 +87,10 @@ class Context:
     def create(cls, cfg: PipelineConfig, work_dir: Path | None = None, **kw: object) -> Context:
         wd = Path(work_dir) if work_dir is not None else cfg.resolve(cfg.work_dir)
         wd.mkdir(parents=True, exist_ok=True)
-        return cls(cfg=cfg, work_dir=wd, **kw)  # type: ignore[arg-type]
+        ctx = cls(cfg=cfg, work_dir=wd, **kw)  # type: ignore[arg-type]
+        if ctx.dist.is_main:  # the other ranks of a data-parallel run work in it with rank 0
+            lock_work_dir(wd)
+        return ctx
 
     @property
     def device(self) -> torch.device:
