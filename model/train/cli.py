@@ -249,9 +249,16 @@ def compare(
     seeds: str | None = typer.Option(
         None, "--seeds", help="Comma-separated, e.g. 0,1 (default: compare.seeds)."
     ),
+    report_to: Path | None = typer.Option(
+        None,
+        "--report-to",
+        file_okay=False,
+        help="Train nothing: write the report from the kept results (compare.keep_results) "
+        "into this folder.",
+    ),
 ) -> None:
     """The methods on one corpus and one pre-trained model: CER, parameters, time (resumable)."""
-    from model.train.compare import load_compare_config, run_compare
+    from model.train.compare import load_compare_config, report_kept, run_compare
     from model.train.config import ConfigError, parse_override
     from model.train.context import StageError
 
@@ -262,7 +269,10 @@ def compare(
         overrides["compare.seeds"] = _int_list(seeds)
     try:
         cfg, ccfg = load_compare_config(config, overrides)
-        report = run_compare(cfg, ccfg, work_dir, quiet=quiet)
+        if report_to is not None:
+            report = report_kept(cfg, ccfg, report_to)
+        else:
+            report = run_compare(cfg, ccfg, work_dir, quiet=quiet)
     except (ConfigError, StageError) as exc:
         typer.echo(f"lass train compare: {exc}", err=True)
         raise typer.Exit(code=2) from exc

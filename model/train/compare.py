@@ -74,6 +74,7 @@ STAGE_OUTPUTS = {
 }
 TIMING = "timing.json"
 STOPPED = "stopped.json"  # per stage: seconds the process was stopped (not in TIMING)
+KEPT_SHARED = "shared.json"  # in compare.keep_results: the shared stages' digests and times
 # Cost of evaluating one second of audio (forward pass + beam searches) relative to one
 # training second, for the ETA only: about what the micro and tiny runs measured.
 EVAL_COST = 0.5
@@ -455,6 +456,9 @@ def run_compare(
     if not pretrained:
         eta.advance(cost(shared_cfg, ["pretrain"]), "shared pre-training done")
     start = shared_digest(shared)
+    if keep is not None:
+        shared_time = json.loads((shared.work_dir / TIMING).read_text(encoding="utf-8"))
+        _keep(keep / KEPT_SHARED, {"shared": start, "timing": shared_time})
     report.write()
     for i, spec in enumerate(runs, start=1):
         folder = run_dirs[spec]
@@ -499,6 +503,35 @@ def run_compare(
         report.write()
         shared.echo(f"compare: {spec.name} finished ({i}/{len(runs)})")
     return report.write()
+
+
+def report_kept(cfg: PipelineConfig, ccfg: CompareConfig, out: Path) -> Path:
+    """Write the report (``compare.md``, ``compare.json``, ``figures/``) into ``out`` from the
+    kept results alone (``compare.keep_results``), training nothing: what a clone of the
+    repository can redo to check the committed report. Returns ``out/compare.md``."""
+    if not ccfg.keep_results:
+        raise StageError("compare.keep_results is not set: there are no kept results to report")
+    keep = cfg.resolve(ccfg.keep_results)
+    groups = resource_groups(cfg, ccfg)
+    runs, ablation = plan_runs(cfg, ccfg, groups)
+    results = [keep / f"{spec.name}.json" for spec in runs]
+    found = [json.loads(p.read_text(encoding="utf-8")) for p in results if p.exists()]
+    if not found:
+        raise StageError(f"no kept results in {keep}: run the comparison first")
+    # The corpus's languages, in the vocabulary's order, as a work folder's report lists them.
+    languages = list(found[0]["evaluation"]["languages"])
+    out.mkdir(parents=True, exist_ok=True)
+    report = CompareReport(cfg, ccfg, groups, languages, runs, ablation, out, kept=keep)
+    return report.write()
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the current folder when inside it: a report written from a
+    checkout's root names ``configs/compare.toml``, not the machine's absolute path."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
 
 
 def shared_digest(shared: Context) -> dict[str, str]:
@@ -670,18 +703,35 @@ class CompareReport:
         runs: Sequence[RunSpec],
         ablation: Mapping[float, Sequence[RunSpec]],
         work: Path,
+        kept: Path | None = None,
     ) -> None:
+        """``work``: where the report goes and, unless ``kept`` is given, the work folder
+        whose ``runs/<run>/result.json`` and ``shared/timing.json`` it reads; ``kept``: a
+        ``compare.keep_results`` folder to read them from instead."""
         self.cfg, self.ccfg, self.groups = cfg, ccfg, groups
         self.languages = list(languages)
         self.runs, self.ablation, self.work = list(runs), dict(ablation), work
+        self.kept = kept
+
+    def _result_path(self, spec: RunSpec) -> Path:
+        if self.kept is not None:
+            return self.kept / f"{spec.name}.json"
+        return self.work / "runs" / spec.name / RESULT
 
     def results(self) -> dict[RunSpec, dict[str, Any]]:
         out = {}
         for spec in self.runs:
-            path = self.work / "runs" / spec.name / RESULT
+            path = self._result_path(spec)
             if path.exists():
                 out[spec] = json.loads(path.read_text(encoding="utf-8"))
         return out
+
+    def _shared_time(self) -> dict[str, float]:
+        if self.kept is not None:
+            path = self.kept / KEPT_SHARED
+            return json.loads(path.read_text("utf-8"))["timing"] if path.exists() else {}
+        path = self.work / "shared" / TIMING
+        return json.loads(path.read_text("utf-8")) if path.exists() else {}
 
     def _cer_stats(self, results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Per decoding: the groups' and each language's CER over the given runs (seeds)."""
@@ -776,7 +826,6 @@ class CompareReport:
                 trained = [mine[0]["parameters"]["languages"][lang]["trained"] for lang in low]
                 row["trained_per_low_language"] = statistics.fmean(trained)
             ablation.append(row)
-        shared_timing = self.work / "shared" / TIMING
         return {
             "name": self.cfg.name,
             "status": {
@@ -788,9 +837,7 @@ class CompareReport:
             "groups": {"high": list(self.groups.high), "low": list(self.groups.low)},
             "languages": self.languages,
             "settings": self._settings(),
-            "shared_time_s": json.loads(shared_timing.read_text("utf-8"))
-            if shared_timing.exists()
-            else {},
+            "shared_time_s": self._shared_time(),
             # what every finished run started from (run_compare refuses a run that differs)
             "shared": next((r["shared"] for r in results.values() if "shared" in r), None),
             "methods": methods,
@@ -802,7 +849,7 @@ class CompareReport:
     def _settings(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "config": c.source,
+            "config": shown_path(c.source),
             "preset": c.model.preset,
             "methods": self.ccfg.methods,
             "seeds": self.ccfg.seeds,

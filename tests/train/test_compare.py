@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from model.train.cli import app
 from model.train.compare import (
+    KEPT_SHARED,
     CompareConfig,
     Groups,
     RunSpec,
@@ -196,6 +197,15 @@ def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> N
         assert heading in md, heading
     assert f"]({report['figures']['lass-seed0']})" in md
 
+    # The report again from the kept results alone, training nothing: the very same report
+    # (what a clone of the repository checks the committed one against).
+    out = tmp_path / "report"
+    from_kept = runner.invoke(app, ["compare", str(config), "--report-to", str(out)])
+    assert from_kept.exit_code == 0, from_kept.output
+    assert (out / "compare.md").read_text() == md
+    assert json.loads((out / "compare.json").read_text()) == report
+    assert (out / report["figures"]["lass-seed0"]).stat().st_size > 0
+
     # A third call finds everything done and trains nothing.
     results = {p: p.stat().st_mtime_ns for p in work.glob("runs/*/result.json")}
     again = runner.invoke(app, base)
@@ -229,7 +239,7 @@ def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> N
     # A work folder lost: the shared stages are rebuilt identically and every kept result
     # is taken back; nothing is trained again.
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
-    assert kept == sorted(f"{name}.json" for name in report["runs"])
+    assert kept == sorted([KEPT_SHARED, *(f"{name}.json" for name in report["runs"])])
     shutil.rmtree(work)
     restored = runner.invoke(app, base)
     assert restored.exit_code == 0, restored.output
