@@ -68,9 +68,15 @@ class SearchResult:
     combined: float
 
 
+def sidecar_path(lm_path: Path) -> Path:
+    """``<lm>.unigrams.txt``: the word list beside a binary LM (binary files cannot list
+    their words, and beam search needs them). Whoever copies a binary LM copies it too."""
+    return lm_path.with_name(lm_path.name + ".unigrams.txt")
+
+
 def sidecar_unigrams(lm_path: Path) -> list[str] | None:
     """Words of a binary LM from ``<lm>.unigrams.txt`` (binary files cannot list them)."""
-    side = lm_path.with_name(lm_path.name + ".unigrams.txt")
+    side = sidecar_path(lm_path)
     if not side.is_file():
         return None
     return [w for w in side.read_text(encoding="utf-8").split("\n") if w]

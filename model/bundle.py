@@ -6,7 +6,8 @@ Layout::
                           mask statistics), mask shapes, sha256 of every file, provenance
     backbone.safetensors  every model parameter (dense), in the bundle's dtype
     masks.safetensors     one packed uint8 buffer per language (see model.masks)
-    lm/<lang>.(arpa|bin)  optional n-gram language models
+    lm/<lang>.(arpa|bin)  optional n-gram language models (a binary one with its word
+                          list, lm/<lang>.bin.unigrams.txt, copied by the writer)
 
 The writer builds the directory under a temporary name beside the target and renames it
 into place. The reader checks version, checksums and shapes before building anything, and
@@ -29,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.atomic import atomic_directory, fsync_path
+from model.beam_search import sidecar_path
 from model.config import BackboneConfig, check_lid_input
 from model.masks import LanguageMasks
 from model.network import LassModel
@@ -65,6 +67,20 @@ class Bundle:
     vocab: Vocabulary
     masks: LanguageMasks
     lm_paths: dict[str, Path]  # language -> lm/<lang>.(arpa|bin)
+
+
+def _copy_sidecars(
+    lm_files: Mapping[str, Path] | None, lm_rel: Mapping[str, str], tmp: Path
+) -> list[str]:
+    """Copy each binary LM's word list beside its copy; returns their bundle paths."""
+    copied = []
+    for lang, src in (lm_files or {}).items():
+        side = sidecar_path(Path(src))
+        if side.is_file():
+            rel = sidecar_path(Path(lm_rel[lang])).as_posix()
+            shutil.copyfile(side, tmp / rel)
+            copied.append(rel)
+    return copied
 
 
 def _sha256(path: Path) -> str:
@@ -130,7 +146,7 @@ def write_bundle(
             (tmp / "lm").mkdir(exist_ok=True)
             shutil.copyfile(src, tmp / rel)
             lm_rel[lang] = rel
-        files = [BACKBONE, MASKS, *lm_rel.values()]
+        files = [BACKBONE, MASKS, *lm_rel.values(), *_copy_sidecars(lm_files, lm_rel, tmp)]
         for rel in files:
             fsync_path(tmp / rel)
         stats = masks.stats()

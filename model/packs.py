@@ -10,7 +10,8 @@ A pack is a directory (and, to upload it, a tar archive of that directory)::
                        ``masks.safetensors`` (uint8 [bytes_per_language]);
                        ``ctc_rows.weight`` [k, D] and ``ctc_rows.bias`` [k]: the CTC output
                        rows of the k characters the bundle lacks (k may be 0)
-    lm/<lang>.(arpa|bin)  optional word n-gram LM
+    lm/<lang>.(arpa|bin)  optional word n-gram LM (a binary one with its word list,
+                          ``lm/<lang>.bin.unigrams.txt``)
 
 **Binding.** A pack is only valid over the exact weights it was trained on: the manifest's
 ``backbone.sha256`` is the sha256 of the bundle's ``backbone.safetensors`` (every dense
@@ -50,6 +51,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from model.atomic import atomic_directory, fsync_path
+from model.beam_search import sidecar_path
 from model.bundle import BACKBONE
 from model.network import LassModel
 from model.vocab import ColumnVocabulary
@@ -181,6 +183,11 @@ def write_pack(
             (tmp / "lm").mkdir()
             shutil.copyfile(lm_file, tmp / lm_rel)
             files.append(lm_rel)
+            side = sidecar_path(Path(lm_file))
+            if side.is_file():  # a binary LM's word list: beam search needs it
+                side_rel = sidecar_path(Path(lm_rel)).as_posix()
+                shutil.copyfile(side, tmp / side_rel)
+                files.append(side_rel)
         for rel in files:
             fsync_path(tmp / rel)
         manifest = {

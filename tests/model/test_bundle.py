@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.beam_search import sidecar_path, sidecar_unigrams
 from model.bundle import BUNDLE_FORMAT_VERSION, BundleError, read_bundle, write_bundle
 from model.masks import LanguageMasks
 from model.network import LassModel
@@ -223,4 +224,22 @@ def test_refuses_unknown_lid_input(tmp_path: Path) -> None:
     path = _write(tmp_path)
     _edit_manifest(path, lambda m: m["model"].update(lid_input="spectrogram"))
     with pytest.raises(BundleError, match="lid_input"):
+        read_bundle(path)
+
+
+def test_a_binary_lm_keeps_its_word_list_and_its_checksum(tmp_path: Path) -> None:
+    """Beam search reads a binary LM's words from ``<lm>.unigrams.txt``: the bundle carries
+    it beside the LM, checksummed like every file."""
+    model, vocab, masks = _parts()
+    lm = tmp_path / "de.bin"
+    lm.write_bytes(b"not a real model: the writer copies bytes")
+    sidecar_path(lm).write_text("grüße\nwelt\n", encoding="utf-8")
+    path = write_bundle(
+        tmp_path / "bundle", model, vocab, masks, provenance={}, lm_files={"de": lm}
+    )
+    bundle = read_bundle(path)
+    assert bundle.lm_paths["de"] == path / "lm" / "de.bin"
+    assert sidecar_unigrams(bundle.lm_paths["de"]) == ["grüße", "welt"]
+    (path / "lm" / "de.bin.unigrams.txt").write_text("tampered\n", encoding="utf-8")
+    with pytest.raises(BundleError, match="unigrams"):
         read_bundle(path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.beam_search import sidecar_path, sidecar_unigrams
 from model.bundle import BACKBONE, read_bundle
 from model.masks import LanguageMasks
 from model.network import LassModel
@@ -42,6 +43,7 @@ def random_pack(
     alphabet: list[str] | None = None,
     seed: int = 3,
     density: float = 0.6,
+    lm_file: Path | None = None,
 ) -> Path:
     """A pack over ``bundle`` with a random mask and random rows for the characters the
     bundle lacks (what the trainer writes, without training)."""
@@ -63,6 +65,7 @@ def random_pack(
         rows_bias=torch.zeros(len(new_tokens)),
         binding=backbone_binding(loaded.manifest),
         mask_stats={"density": masks.stats().density[language]},
+        lm_file=lm_file,
     )
 
 
@@ -235,3 +238,15 @@ def test_pack_round_trip_keeps_everything(bundle: Path, tmp_path: Path) -> None:
     assert model.masks is not None
     assert pack.mask.numel() == model.masks.bytes_per_language()
     assert pack.device_bytes() == pack.mask.numel() + 4 * (model.config.encoder_embed_dim + 1)
+
+
+def test_a_pack_with_a_binary_lm_carries_its_word_list(bundle: Path, tmp_path: Path) -> None:
+    """Beam search reads a binary LM's words from ``<lm>.unigrams.txt``: without it every
+    partial word scores as unknown."""
+    lm = tmp_path / "sv.bin"
+    lm.write_bytes(b"not a real model: the writer copies bytes")
+    sidecar_path(lm).write_text("hej\nvärlden\n", encoding="utf-8")
+    pack = read_pack(random_pack(bundle, tmp_path / "sv", lm_file=lm))
+    assert pack.lm_path is not None and pack.lm_path.name == "sv.bin"
+    assert sidecar_unigrams(pack.lm_path) == ["hej", "världen"]
+    assert "lm/sv.bin.unigrams.txt" in pack.manifest["files"]
