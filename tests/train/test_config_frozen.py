@@ -10,7 +10,8 @@ stays ``80.0``, the key order stays the field order, "off" keeps its value.
 with the hand-written loader the pydantic tables replaced (a config changed on purpose is
 re-pinned: ``compare.toml``'s fine-tuning recipe, docs/paper-comparison.md, whose shared
 tables stayed as they were, and its ``[compare]`` table's ``keep_results``, which no run's
-config records); the comparison is on the text
+config records; ``default-v2.toml``'s LMs, trigrams before its run started); the comparison
+is on the text
 ``json.dumps(..., indent=1)`` writes (the format of ``config.json``), not on ``==``, which
 would let ``80`` pass for ``80.0``.
 """
