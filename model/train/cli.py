@@ -157,11 +157,21 @@ def evaluate(
     set_: list[str] = SET,
     quiet: bool = QUIET,
     model: Path | None = typer.Option(None, "--model", help="A model.pt (default: finetune's)."),
+    bundle: Path | None = typer.Option(
+        None,
+        "--bundle",
+        file_okay=False,
+        help="Score this bundle (weights, masks, vocabulary, LMs) on the work folder's split "
+        "instead; the report goes to <work>/evaluate-<bundle folder name>/.",
+    ),
 ) -> None:
     """CER/WER per language (greedy, beam, beam + LM) and LID accuracy."""
     from model.train.tasks import run_evaluate
 
-    _run(_context(config, work_dir, set_, quiet), "evaluate", run_evaluate, model)
+    if model is not None and bundle is not None:
+        typer.echo("lass train evaluate: give --model or --bundle, not both", err=True)
+        raise typer.Exit(code=2)
+    _run(_context(config, work_dir, set_, quiet), "evaluate", run_evaluate, model, bundle)
 
 
 @app.command()

@@ -82,35 +82,51 @@ def run_lm(ctx: Context) -> Path:
     return folder
 
 
-def run_evaluate(ctx: Context, model_path: Path | None = None) -> Path:
+def run_evaluate(ctx: Context, model_path: Path | None = None, bundle: Path | None = None) -> Path:
     """CER/WER per language (greedy, beam, beam + LM) and LID accuracy on the eval split.
 
     Writes ``<work>/evaluate/report.json`` and ``report.md``; ``export`` puts the JSON into
-    the bundle's manifest.
+    the bundle's manifest. With ``bundle``, scores that bundle instead (its weights, masks,
+    vocabulary and LMs) and writes to ``<work>/evaluate-<bundle folder name>/``: a shipped
+    model scored on this work folder's split, e.g. the default model on a new corpus.
     """
     from model.train import evaluate as ev
     from model.train.export import lm_files
 
     cfg = ctx.cfg.evaluate
-    art = ctx.input_artifact("export", model_path)
-    model = art.model.to(ctx.device)
-    model.set_masks(art.masks)
     adapters = None
-    if "adapters" in art.heads:
-        from model.train.adapters import LanguageAdapters
+    if bundle is not None:
+        import torch
 
-        adapters = LanguageAdapters.for_model(model, ctx.cfg.finetune.adapter_dim)
-        adapters.load_state_dict(art.heads["adapters"])
-        adapters.attach(model)
+        from model.bundle import BundleError, read_bundle
+
+        try:
+            loaded = read_bundle(bundle, device=ctx.device, dtype=torch.float32)
+        except (BundleError, FileNotFoundError) as exc:
+            raise StageError(f"evaluate: {exc}") from exc
+        model, vocab, languages = loaded.model, loaded.vocab, loaded.model.languages
+        lms: dict[str, Path] | None = dict(loaded.lm_paths) if cfg.use_lm else None
+        folder = ctx.work_dir / f"evaluate-{Path(bundle).resolve().name}"
+    else:
+        art = ctx.input_artifact("export", model_path)
+        model, vocab, languages = art.model.to(ctx.device), art.vocab, ctx.languages()
+        model.set_masks(art.masks)
+        if "adapters" in art.heads:
+            from model.train.adapters import LanguageAdapters
+
+            adapters = LanguageAdapters.for_model(model, ctx.cfg.finetune.adapter_dim)
+            adapters.load_state_dict(art.heads["adapters"])
+            adapters.attach(model)
+        lms = lm_files(ctx) if cfg.use_lm else None
+        folder = ctx.stage_dir("evaluate")
     model.eval()
     split = ctx.split(cfg.split)
-    lms = lm_files(ctx) if cfg.use_lm else None
     report: Any = ev.evaluate(
         model,
-        art.vocab,
+        vocab,
         split.entries,
         root=split.root,
-        languages=ctx.languages(),
+        languages=languages,
         lm_paths=lms or None,
         beam_width=cfg.beam_width,
         batch_size=cfg.batch_size,
@@ -120,9 +136,9 @@ def run_evaluate(ctx: Context, model_path: Path | None = None) -> Path:
     )
     if adapters is not None:
         adapters.detach_from(model)
-    folder = ctx.stage_dir("evaluate")
     out = folder / "report.json"
     if ctx.dist.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
         report.write_json(out)
         report.write_markdown(folder / "report.md")
         ctx.echo(report.to_markdown())
