@@ -69,18 +69,19 @@ class Bundle:
     lm_paths: dict[str, Path]  # language -> lm/<lang>.(arpa|bin)
 
 
-def _copy_sidecars(
-    lm_files: Mapping[str, Path] | None, lm_rel: Mapping[str, str], tmp: Path
-) -> list[str]:
-    """Copy each binary LM's word list beside its copy; returns their bundle paths."""
-    copied = []
-    for lang, src in (lm_files or {}).items():
-        side = sidecar_path(Path(src))
-        if side.is_file():
-            rel = sidecar_path(Path(lm_rel[lang])).as_posix()
-            shutil.copyfile(side, tmp / rel)
-            copied.append(rel)
-    return copied
+def copy_lm(src: Path, folder: Path, rel: str) -> list[str]:
+    """Copy an n-gram LM to ``folder/rel`` and, for a binary one, its word list beside it
+    (beam search needs it: binary files cannot list their words). Returns the relative
+    paths written, for the manifest's checksums."""
+    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, folder / rel)
+    written = [rel]
+    side = sidecar_path(Path(src))
+    if side.is_file():
+        side_rel = sidecar_path(Path(rel)).as_posix()
+        shutil.copyfile(side, folder / side_rel)
+        written.append(side_rel)
+    return written
 
 
 def _sha256(path: Path) -> str:
@@ -140,13 +141,12 @@ def write_bundle(
         packed = {k: v.detach().cpu().contiguous() for k, v in masks.state_dict().items()}
         save_file(packed, str(tmp / MASKS), metadata={"format": "pt"})
         lm_rel: dict[str, str] = {}
+        files = [BACKBONE, MASKS]
         for lang, src in (lm_files or {}).items():
             src = Path(src)
             rel = f"lm/{lang}{''.join(src.suffixes) or '.bin'}"
-            (tmp / "lm").mkdir(exist_ok=True)
-            shutil.copyfile(src, tmp / rel)
+            files += copy_lm(src, tmp, rel)
             lm_rel[lang] = rel
-        files = [BACKBONE, MASKS, *lm_rel.values(), *_copy_sidecars(lm_files, lm_rel, tmp)]
         for rel in files:
             fsync_path(tmp / rel)
         stats = masks.stats()

@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
@@ -51,8 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from model.atomic import atomic_directory, fsync_path
-from model.beam_search import sidecar_path
-from model.bundle import BACKBONE
+from model.bundle import BACKBONE, copy_lm
 from model.network import LassModel
 from model.vocab import ColumnVocabulary
 
@@ -180,14 +178,7 @@ def write_pack(
         if lm_file is not None:
             suffix = ".bin" if Path(lm_file).suffix == ".bin" else ".arpa"
             lm_rel = f"lm/{language}{suffix}"
-            (tmp / "lm").mkdir()
-            shutil.copyfile(lm_file, tmp / lm_rel)
-            files.append(lm_rel)
-            side = sidecar_path(Path(lm_file))
-            if side.is_file():  # a binary LM's word list: beam search needs it
-                side_rel = sidecar_path(Path(lm_rel)).as_posix()
-                shutil.copyfile(side, tmp / side_rel)
-                files.append(side_rel)
+            files += copy_lm(Path(lm_file), tmp, lm_rel)
         for rel in files:
             fsync_path(tmp / rel)
         manifest = {
