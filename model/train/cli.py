@@ -17,6 +17,7 @@ import typer
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from model.train.config import PipelineConfig
     from model.train.context import Context
     from model.train.data.manifest import ManifestEntry
     from model.train.data.validate import DataReport
@@ -34,19 +35,24 @@ INIT = typer.Option(
 
 def _context(config: Path, work_dir: Path | None, overrides: list[str], quiet: bool) -> Context:
     from model.train.config import ConfigError, load_config, parse_override
-    from model.train.context import Context, StageError
-    from model.train.distributed import init_distributed
 
     try:
         cfg = load_config(config, dict(parse_override(o) for o in overrides))
     except ConfigError as exc:
         typer.echo(f"lass train: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    dist = init_distributed(cfg.device)
+    return _create(cfg, work_dir, quiet, "lass train")
+
+
+def _create(cfg: PipelineConfig, work_dir: Path | None, quiet: bool, command: str) -> Context:
+    """The stage context; a work folder another process trains in ends the command (exit 2)."""
+    from model.train.context import Context, StageError
+    from model.train.distributed import init_distributed
+
     try:
-        return Context.create(cfg, work_dir, dist=dist, quiet=quiet)
+        return Context.create(cfg, work_dir, dist=init_distributed(cfg.device), quiet=quiet)
     except StageError as exc:
-        typer.echo(f"lass train: {exc}", err=True)
+        typer.echo(f"{command}: {exc}", err=True)
         raise typer.Exit(code=2) from exc
 
 
@@ -221,8 +227,6 @@ def add_language(
     """A language pack: one more language over the bundle's frozen weights (resumable)."""
     from model.train.add_language import load_add_language_config, run_add_language
     from model.train.config import ConfigError, parse_override
-    from model.train.context import Context, StageError
-    from model.train.distributed import init_distributed
 
     overrides = dict(parse_override(o) for o in set_)
     if method is not None:
@@ -232,11 +236,7 @@ def add_language(
     except ConfigError as exc:
         typer.echo(f"lass train add-language: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    try:
-        ctx = Context.create(cfg, work_dir, dist=init_distributed(cfg.device), quiet=quiet)
-    except StageError as exc:
-        typer.echo(f"lass train add-language: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+    ctx = _create(cfg, work_dir, quiet, "lass train add-language")
     _run(ctx, "add-language", run_add_language, acfg, bundle, language, out)
 
 

@@ -514,12 +514,11 @@ def report_kept(cfg: PipelineConfig, ccfg: CompareConfig, out: Path) -> Path:
     keep = cfg.resolve(ccfg.keep_results)
     groups = resource_groups(cfg, ccfg)
     runs, ablation = plan_runs(cfg, ccfg, groups)
-    results = [keep / f"{spec.name}.json" for spec in runs]
-    found = [json.loads(p.read_text(encoding="utf-8")) for p in results if p.exists()]
-    if not found:
+    first = next((p for p in (keep / f"{s.name}.json" for s in runs) if p.exists()), None)
+    if first is None:
         raise StageError(f"no kept results in {keep}: run the comparison first")
     # The corpus's languages, in the vocabulary's order, as a work folder's report lists them.
-    languages = list(found[0]["evaluation"]["languages"])
+    languages = list(json.loads(first.read_text(encoding="utf-8"))["evaluation"]["languages"])
     out.mkdir(parents=True, exist_ok=True)
     report = CompareReport(cfg, ccfg, groups, languages, runs, ablation, out, kept=keep)
     return report.write()
