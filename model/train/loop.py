@@ -45,6 +45,9 @@ class LoopState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # global batches of ``epoch`` already consumed
+    # Training seconds up to ``step``, summed over every call that resumed (stopped time
+    # left out); checkpoints older than this field load it as 0.
+    seconds: float = 0.0
 
 
 def lr_factor(step: int, total: int, optim: OptimConfig) -> float:
@@ -160,7 +163,7 @@ def train_loop(
     # and elapsed seconds are those of training.
     clock = process_clock()
     window_start = clock.now()
-    started = clock.now()
+    started = clock.now() - state.seconds  # elapsed seconds go on from the checkpoint's
     steps_this_call = 0
     for module in modules.values():
         module.train()
@@ -216,6 +219,7 @@ def train_loop(
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.batch_in_epoch += 1
+                state.seconds = clock.now() - started
                 steps_this_call += 1
 
                 window_n += 1
@@ -235,7 +239,7 @@ def train_loop(
                             "step": state.step,
                             "epoch": state.epoch,
                             "lr": float(scheduler.get_last_lr()[0]),
-                            "elapsed_s": clock.now() - started,
+                            "elapsed_s": state.seconds,
                             "audio_s_per_s": window_audio / max(elapsed, 1e-9),
                             **{k: v / window_n for k, v in window.items()},
                         }

@@ -5,19 +5,22 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from model.train import checkpoint as ckpt
 from model.train.artifacts import new_model
-from model.train.config import OptimConfig
+from model.train.config import LoopConfig, OptimConfig
 from model.train.context import Context
 from model.train.data.batching import collate
 from model.train.finetune import ctc_step
 from model.train.inputs import make_inputs
-from model.train.loop import lr_factor
+from model.train.loop import lr_factor, train_loop
 from model.train.metrics import MetricsLog, read_metrics
+from model.train.objectives import StepResult
 from tests.train.stage_helpers import micro_config, micro_corpus  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,3 +97,38 @@ def test_cli_says_what_a_stage_is_missing(micro_corpus: Path, tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert "run the prune stage first" in result.stderr
+
+
+def test_elapsed_seconds_go_on_across_a_resume(tmp_path: Path) -> None:
+    """``elapsed_s`` counts from step 0, not from the call that resumed: the checkpoint
+    keeps the training time, so a run killed and resumed logs one rising column."""
+    model = torch.nn.Linear(2, 1)
+    data = [torch.randn(2) for _ in range(4)]
+
+    def step_fn(batch: torch.Tensor, step: int) -> StepResult:
+        time.sleep(0.05)  # each step takes at least this long
+        return StepResult(loss=model(batch).pow(2).mean(), weight=float(len(batch)))
+
+    cfg = LoopConfig(steps=6, log_every=1, checkpoint_every=1)
+    for stop_after in (3, None):
+        train_loop(
+            name="toy",
+            out_dir=tmp_path,
+            cfg=cfg,
+            modules={"model": model},
+            params=list(model.parameters()),
+            step_fn=step_fn,
+            plan=lambda epoch: [[0, 1], [2, 3]],
+            dataset=data,  # type: ignore[arg-type]
+            collate_fn=torch.stack,
+            device=torch.device("cpu"),
+            quiet=True,
+            stop_after=stop_after,
+        )
+    elapsed = [float(row["elapsed_s"]) for row in read_metrics(tmp_path)]
+    assert len(elapsed) == 6
+    assert all(b - a >= 0.05 for a, b in itertools.pairwise(elapsed)), elapsed
+    assert elapsed[-1] >= 6 * 0.05
+    assert ckpt.load(tmp_path / "checkpoint.pt")["state"]["seconds"] == pytest.approx(
+        elapsed[-1], abs=0.5
+    )
