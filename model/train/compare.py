@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import statistics
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ STAGE_OUTPUTS = {
 }
 TIMING = "timing.json"
 STOPPED = "stopped.json"  # per stage: seconds the process was stopped (not in TIMING)
+FINISHED = "finished.json"  # the stages whose time in TIMING is complete
 KEPT_SHARED = "shared.json"  # in compare.keep_results: the shared stages' digests and times
 # Cost of evaluating one second of audio (forward pass + beam searches) relative to one
 # training second, for the ETA only: about what the micro and tiny runs measured.
@@ -312,8 +314,8 @@ def link_shared(shared: Path, run_dir: Path) -> None:
 
 def _add_time(folder: Path, stage: str, seconds: float, stopped: float = 0.0) -> dict[str, float]:
     """Add ``seconds`` to ``stage`` in ``timing.json``: a run that resumes sums its calls
-    (the time an interrupted call spent after its last checkpoint is not counted). The
-    time the process was stopped, not in ``seconds``, goes to ``stopped.json``."""
+    (:class:`StageTimer` adds as a stage runs). The time the process was stopped, not in
+    ``seconds``, goes to ``stopped.json``."""
     if stopped > 0:
         stops = folder / STOPPED
         paused = json.loads(stops.read_text(encoding="utf-8")) if stops.exists() else {}
@@ -326,6 +328,60 @@ def _add_time(folder: Path, stage: str, seconds: float, stopped: float = 0.0) ->
     return dict(timing)
 
 
+def finished_stages(folder: Path) -> list[str]:
+    """The stages whose time in ``timing.json`` is complete. A folder from before
+    ``finished.json`` existed wrote a stage's time only at its end: its timed stages."""
+    path = folder / FINISHED
+    if path.exists():
+        return list(json.loads(path.read_text(encoding="utf-8")))
+    timing = folder / TIMING
+    return list(json.loads(timing.read_text(encoding="utf-8"))) if timing.exists() else []
+
+
+class StageTimer:
+    """Keeps a stage's running time in ``timing.json`` (stopped time in ``stopped.json``)
+    while it runs: every ``every`` seconds and at its end. A call that is killed loses at
+    most ``every`` seconds of its stage's time, so a stage that resumed across sessions
+    reports what all its calls spent (steps redone after the last checkpoint included: the
+    machine spent them). A stage that returns is added to ``finished.json``."""
+
+    def __init__(self, folder: Path, stage: str, every: float = 60.0) -> None:
+        self.folder, self.stage, self.every = folder, stage, every
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._beat = threading.Thread(target=self._run, name=f"timer-{stage}", daemon=True)
+
+    def __enter__(self) -> StageTimer:
+        path = self.folder / FINISHED
+        if not path.exists():  # from here on the heartbeat's entries are not finished ones
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(finished_stages(self.folder), indent=1))
+        self._clock = StageClock().__enter__()
+        self._beat.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the time since the last flush."""
+        with self._lock:
+            clock = self._clock
+            clock.__exit__()
+            _add_time(self.folder, self.stage, clock.seconds, clock.stopped)
+            self._clock = StageClock(clock.clock).__enter__()
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._done.set()
+        self._beat.join()
+        self.flush()
+        if exc_type is None:
+            done = finished_stages(self.folder)
+            path = self.folder / FINISHED
+            atomic_write_text(path, json.dumps([*done, self.stage], indent=1))
+
+
 def _run_stages(
     ctx: Context, stages: Sequence[str], after: Callable[[str], None] | None = None
 ) -> dict[str, float]:
@@ -334,16 +390,17 @@ def _run_stages(
 
     runners = stage_runners()
     planned = planned_stages(ctx.cfg)
-    timing: dict[str, float] = {}
     for stage in [s for s in planned if s in stages]:
         ctx.echo(f"[bold cyan]== {ctx.work_dir.name}: {stage} ==")
-        with StageClock() as clock:
-            runners[stage](ctx)
-        timing = _add_time(ctx.work_dir, stage, clock.seconds, clock.stopped)
+        if stage in finished_stages(ctx.work_dir):
+            runners[stage](ctx)  # it only finds its output: its time is already kept
+        else:
+            with StageTimer(ctx.work_dir, stage):
+                runners[stage](ctx)
         if after is not None:
             after(stage)
     path = ctx.work_dir / TIMING
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else timing
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def step_seconds(loop: LoopConfig, clip_seconds: float) -> float:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -20,7 +22,10 @@ from model.train.compare import (
     CompareConfig,
     Groups,
     RunSpec,
+    StageTimer,
     _add_time,
+    _run_stages,
+    finished_stages,
     load_compare_config,
     plan_runs,
     served,
@@ -116,9 +121,12 @@ def test_compare_end_to_end_with_resume(tmp_path: Path, micro_corpus: Path) -> N
     stamps = {p: p.stat().st_mtime_ns for p in (dense0 / "result.json", dense0 / "finetune")}
     pretrained = work / "shared" / "pretrain" / "model.pt"
     pretrained_at = pretrained.stat().st_mtime_ns
+    shared_time = (work / "shared" / "timing.json").read_text()
 
     full = runner.invoke(app, base)
     assert full.exit_code == 0, full.output
+    # Finished shared stages only find their outputs again: their kept times do not grow.
+    assert (work / "shared" / "timing.json").read_text() == shared_time
     assert "dense-seed0 is done, skipped" in full.stderr
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert pretrained.stat().st_mtime_ns == pretrained_at  # pre-trained once
@@ -288,3 +296,51 @@ def test_stopped_time_is_kept_apart_from_the_stage_time(tmp_path: Path) -> None:
     timing = _add_time(tmp_path, "finetune", 50.0, stopped=600.0)
     assert timing == {"finetune": 150.0}
     assert json.loads((tmp_path / "stopped.json").read_text()) == {"finetune": 600.0}
+
+
+def test_stage_timer_keeps_time_while_the_stage_runs(tmp_path: Path) -> None:
+    """A heartbeat writes the stage's time as it runs, so a killed call keeps what it spent;
+    only a stage that returns is finished, and a resumed one adds to what was kept."""
+    with pytest.raises(KeyboardInterrupt), StageTimer(tmp_path, "finetune", every=0.1):
+        time.sleep(0.35)
+        during = json.loads((tmp_path / "timing.json").read_text())["finetune"]
+        assert 0.1 <= during <= 0.35  # written before the stage ended
+        raise KeyboardInterrupt  # the call is interrupted: its time stays, unfinished
+    first = json.loads((tmp_path / "timing.json").read_text())["finetune"]
+    assert first >= 0.33  # each flush rounds to 0.01 s
+    assert finished_stages(tmp_path) == []
+    with StageTimer(tmp_path, "finetune", every=0.1):
+        time.sleep(0.2)
+    assert json.loads((tmp_path / "timing.json").read_text())["finetune"] >= first + 0.18
+    assert finished_stages(tmp_path) == ["finetune"]
+
+
+def test_a_folder_from_before_finished_json_counts_its_timed_stages_finished(
+    tmp_path: Path,
+) -> None:
+    """The old writer timed a stage only at its end: the stages in its timing.json are done."""
+    _add_time(tmp_path, "prune", 10.0)
+    assert finished_stages(tmp_path) == ["prune"]
+    with StageTimer(tmp_path, "adapt", every=0.05):
+        time.sleep(0.12)  # the heartbeat's entry for adapt does not make it finished early
+        assert finished_stages(tmp_path) == ["prune"]
+    assert finished_stages(tmp_path) == ["prune", "adapt"]
+
+
+def test_a_finished_stage_is_not_timed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed comparison runs every stage again, and a finished one only finds its
+    output: that check must not add to the stage's kept time."""
+    calls: list[str] = []
+
+    def runner(ctx: object) -> None:
+        calls.append("finetune")
+        time.sleep(0.05)
+
+    monkeypatch.setattr("model.train.pipeline.stage_runners", lambda: {"finetune": runner})
+    ctx = SimpleNamespace(cfg=PipelineConfig(method="dense"), work_dir=tmp_path, echo=print)
+    first = _run_stages(ctx, ["finetune"])  # type: ignore[arg-type]
+    again = _run_stages(ctx, ["finetune"])  # type: ignore[arg-type]
+    assert calls == ["finetune", "finetune"]
+    assert first["finetune"] >= 0.05 and again == first
