@@ -45,7 +45,7 @@ import torch
 
 from model.atomic import atomic_write_text
 from model.train import checkpoint as ckpt
-from model.train.clock import StageClock
+from model.train.clock import RunningClock, StageClock, process_clock
 from model.train.config import (
     STAGES,
     TABLE,
@@ -345,8 +345,11 @@ class StageTimer:
     reports what all its calls spent (steps redone after the last checkpoint included: the
     machine spent them). A stage that returns is added to ``finished.json``."""
 
-    def __init__(self, folder: Path, stage: str, every: float = 60.0) -> None:
+    def __init__(
+        self, folder: Path, stage: str, every: float = 60.0, clock: RunningClock | None = None
+    ) -> None:
         self.folder, self.stage, self.every = folder, stage, every
+        self.clock = clock if clock is not None else process_clock()
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._beat = threading.Thread(target=self._run, name=f"timer-{stage}", daemon=True)
@@ -356,7 +359,7 @@ class StageTimer:
         if not path.exists():  # from here on the heartbeat's entries are not finished ones
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(finished_stages(self.folder), indent=1))
-        self._clock = StageClock().__enter__()
+        self._clock = StageClock(self.clock).__enter__()
         self._beat.start()
         return self
 
@@ -370,7 +373,7 @@ class StageTimer:
             clock = self._clock
             clock.__exit__()
             _add_time(self.folder, self.stage, clock.seconds, clock.stopped)
-            self._clock = StageClock(clock.clock).__enter__()
+            self._clock = StageClock(self.clock).__enter__()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._done.set()
