@@ -31,18 +31,26 @@ print(round(stage.elapsed, 2), round(stage.stopped, 2), round(stage.seconds, 2),
 """
 
 
-def test_stage_and_process_clocks_leave_out_the_time_the_process_was_stopped() -> None:
-    """Training is paused with SIGSTOP while benchmarks need quiet cores: a stage's time,
-    the logged speeds and the ETAs must not count the pause."""
+def _stopped_child(args: list[str], after: float) -> subprocess.Popen[str]:
+    """``python -c args...``, stopped with SIGSTOP for 3 s ``after`` s past its 'started'
+    line, then continued: a pause as training here is paused."""
     child = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", *args], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "started"
-    time.sleep(0.3)
+    time.sleep(after)
     child.send_signal(signal.SIGSTOP)
     time.sleep(3.0)
     child.send_signal(signal.SIGCONT)
+    return child
+
+
+def test_stage_and_process_clocks_leave_out_the_time_the_process_was_stopped() -> None:
+    """Training is paused with SIGSTOP while benchmarks need quiet cores: a stage's time,
+    the logged speeds and the ETAs must not count the pause."""
+    child = _stopped_child([SCRIPT], after=0.3)
+    assert child.stdout is not None
     elapsed, stopped, seconds, running = map(float, child.stdout.readline().split())
     assert child.wait(timeout=30) == 0
     assert elapsed >= 4.7  # 2 s of steps + 3 s stopped
@@ -87,18 +95,7 @@ with StageTimer(Path(sys.argv[1]), "finetune", every=0.2, clock=clock):
 def test_a_stage_timer_leaves_out_a_stop_its_heartbeat_wakes_from(tmp_path: Path) -> None:
     """The comparison's stage times are written every ``every`` seconds by a thread that
     wakes from a stop together with the clock's ticker: the stop is still left out."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", TIMER_SCRIPT, str(tmp_path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "started"
-    time.sleep(0.5)
-    child.send_signal(signal.SIGSTOP)
-    time.sleep(3.0)
-    child.send_signal(signal.SIGCONT)
+    child = _stopped_child([TIMER_SCRIPT, str(tmp_path)], after=0.5)
     assert child.wait(timeout=30) == 0
     timing = json.loads((tmp_path / "timing.json").read_text())
     stopped = json.loads((tmp_path / "stopped.json").read_text())
