@@ -103,6 +103,12 @@ class StageClock:
         self.elapsed = self.clock.wall() - self._start
         self.stopped = min(self.elapsed, stopped)
 
+    def lap(self) -> tuple[float, float]:
+        """``(seconds, stopped)`` since entering or the last lap, and start the next lap."""
+        self.__exit__()
+        self.__enter__()
+        return self.seconds, self.stopped
+
     @property
     def seconds(self) -> float:
         """The block's running time: elapsed less stopped."""

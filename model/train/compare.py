@@ -351,7 +351,6 @@ class StageTimer:
         self.folder, self.stage, self.every = folder, stage, every
         self.clock = clock if clock is not None else process_clock()
         self._done = threading.Event()
-        self._lock = threading.Lock()
         self._beat = threading.Thread(target=self._run, name=f"timer-{stage}", daemon=True)
 
     def __enter__(self) -> StageTimer:
@@ -368,12 +367,9 @@ class StageTimer:
             self.flush()
 
     def flush(self) -> None:
-        """Add the time since the last flush."""
-        with self._lock:
-            clock = self._clock
-            clock.__exit__()
-            _add_time(self.folder, self.stage, clock.seconds, clock.stopped)
-            self._clock = StageClock(self.clock).__enter__()
+        """Add the time since the last flush (the heartbeat's, or the last after it joined)."""
+        seconds, stopped = self._clock.lap()
+        _add_time(self.folder, self.stage, seconds, stopped)
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._done.set()
