@@ -112,3 +112,15 @@ def test_channel_effects_are_drawn_and_recorded(voice: np.ndarray) -> None:
     assert not any(k == "telephone" or k.startswith("codec_") for k in applied)
     with pytest.raises(ValueError, match="unknown codecs"):
         AugmentConfig(codecs=("gsm",))
+
+
+def test_a_missing_encoder_fails_when_the_config_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an FFmpeg build without an encoder (PyAV 18.1.1 dropped AMR-NB's) stops a corpus
+    # config up front, with the way out, instead of failing halfway through the corpus
+    from model.train.data import augment as module
+
+    monkeypatch.setitem(module.CODECS, "amr_nb", module.Codec("amr", "no_such_encoder", 8000))
+    with pytest.raises(ValueError, match=r"cannot encode amr_nb \(no_such_encoder\).*pins"):
+        AugmentConfig(codec_prob=0.5)
+    AugmentConfig(codec_prob=0.5, codecs=("mp3", "opus"))  # without it the config is fine
+    AugmentConfig()  # and a config that applies no codec checks none

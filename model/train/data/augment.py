@@ -44,6 +44,8 @@ class AugmentConfig:
             raise ValueError(f"unknown codecs {unknown}: choose from {sorted(CODECS)}")
         if self.codec_prob > 0 and not self.codecs:
             raise ValueError("codec_prob > 0 needs at least one codec")
+        if self.codec_prob > 0:
+            check_encoders(self.codecs)
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> AugmentConfig:
@@ -159,6 +161,22 @@ CODECS: dict[str, Codec] = {
     "opus": Codec("ogg", "libopus", 16000, (8000, 12000, 16000, 24000)),
     "aac": Codec("adts", "aac", 16000, (24000, 32000, 48000), delay=1024),  # ADTS: no skip
 }
+
+
+def check_encoders(codecs: tuple[str, ...]) -> None:
+    """Fail before a corpus is made, not halfway through it, when PyAV's FFmpeg build lacks
+    an encoder that ``codecs`` (``CODECS`` names) need."""
+    missing = []
+    for name in codecs:
+        try:
+            av.Codec(CODECS[name].encoder, "w")
+        except av.codec.codec.UnknownCodecError:
+            missing.append(f"{name} ({CODECS[name].encoder})")
+    if missing:
+        raise ValueError(
+            f"PyAV {av.__version__} cannot encode {', '.join(missing)}: install the av release "
+            "pyproject.toml pins (`make setup`), or leave these codecs out of `codecs`"
+        )
 
 
 def _fit(samples: np.ndarray, length: int) -> np.ndarray:
