@@ -18,11 +18,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first (pinned in pyproject.toml: torch/torchaudio as a pair, numpy<2 for
-# pyctcdecode), so code edits do not reinstall torch.
-COPY pyproject.toml README.md ./
+# pyctcdecode; every version as tested in constraints.txt), so code edits do not reinstall torch.
+COPY pyproject.toml README.md constraints.txt ./
 COPY lass/__init__.py lass/__init__.py
 RUN mkdir -p model service bench && touch model/__init__.py service/__init__.py bench/__init__.py \
-    && pip install . && pip uninstall -y lass-asr
+    && pip install -c constraints.txt . && pip uninstall -y lass-asr
 COPY lass/ lass/
 COPY model/ model/
 COPY service/ service/

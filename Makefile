@@ -1,5 +1,6 @@
 # lass: `make serve` and `make test` set up everything they need, idempotently.
-# Set-up is keyed on a hash of pyproject.toml and the Debian package lists below:
+# Set-up is keyed on a hash of pyproject.toml, constraints.txt (the tested version of every
+# Python distribution) and the Debian package lists below:
 # a second run with nothing changed spends a few seconds on it.
 
 SHELL := /bin/bash
@@ -31,13 +32,14 @@ TEST_APT := espeak-ng sox prometheus chromium chromium-driver \
 	festvox-itapc16k festival-czech festvox-czech-dita festvox-czech-krb festvox-czech-machac \
 	festvox-czech-ph festvox-ru \
 	fortunes manpages-de manpages-es manpages-it manpages-pl manpages-ru manpages-cs manpages-pt-br
-SPEC := $(shell (cat pyproject.toml; echo "$(RUN_APT) $(TEST_APT)") | sha256sum | cut -c1-12)
+LOCK := constraints.txt
+SPEC := $(shell (cat pyproject.toml $(LOCK); echo "$(RUN_APT) $(TEST_APT)") | sha256sum | cut -c1-12)
 RUN_STAMP := $(VENV)/.stamp-run-$(SPEC)
 DEV_STAMP := $(VENV)/.stamp-dev-$(SPEC)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help setup setup-dev serve test lint typecheck pytest clean loadtest kenlm
+.PHONY: help setup setup-dev serve test lint typecheck pytest clean loadtest kenlm lock
 
 help:
 	@echo "make serve   set up and start the service on http://$(HOST):$(PORT)"
@@ -49,12 +51,12 @@ $(PY):
 
 $(RUN_STAMP): | $(PY)
 	@bash scripts/apt-ensure.sh $(RUN_APT)
-	$(PY) -m pip install -q -e . $(QUIET_PIP)
+	$(PY) -m pip install -q -c $(LOCK) -e . $(QUIET_PIP)
 	@rm -f $(VENV)/.stamp-run-* && touch $@
 
 $(DEV_STAMP): $(RUN_STAMP)
 	@bash scripts/apt-ensure.sh $(TEST_APT)
-	$(PY) -m pip install -q -e '.[dev]' $(QUIET_PIP)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]' $(QUIET_PIP)
 	@rm -f $(VENV)/.stamp-dev-* && touch $@
 
 setup: $(RUN_STAMP)
@@ -101,6 +103,12 @@ loadtest: setup-dev
 	$(PY) -m tests.load.run --users $(LOAD_USERS) --spawn-rate $(LOAD_SPAWN_RATE) \
 		--duration $(LOAD_DURATION) --out $(LOAD_OUT) --slo $(LOAD_SLO) \
 		$(if $(LOAD_URL),--url $(LOAD_URL)) $(foreach e,$(LOAD_SERVER_ENV),--server-env $(e))
+
+# Rewrite constraints.txt from the venv, after `pip install -U <package>` and a passing
+# `make test`: its header stays, the pins become what the venv holds (our own package left out).
+lock: setup-dev
+	@{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --exclude-editable 2>/dev/null; } > $(LOCK).new
+	@mv $(LOCK).new $(LOCK) && echo "lock: $$(grep -vc '^#' $(LOCK)) pins in $(LOCK)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

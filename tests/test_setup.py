@@ -37,7 +37,7 @@ def stamp_spec(dry_run: str) -> str:
 
 
 def test_second_setup_does_nothing_and_a_new_spec_sets_up_again(tmp_path: Path) -> None:
-    for name in ("Makefile", "pyproject.toml"):
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
         shutil.copy2(REPO / name, tmp_path / name)
     (tmp_path / "scripts").mkdir()
     shutil.copy2(REPO / "scripts" / "apt-ensure.sh", tmp_path / "scripts" / "apt-ensure.sh")
@@ -47,6 +47,9 @@ def test_second_setup_does_nothing_and_a_new_spec_sets_up_again(tmp_path: Path) 
     for step in SETUP_STEPS:
         assert step in fresh, fresh
     assert "'.[dev]'" in fresh
+    # both installs take the tested versions (constraints.txt), not each package's newest
+    installs = [line for line in fresh.splitlines() if "pip install" in line]
+    assert len(installs) == 2 and all("-c constraints.txt" in line for line in installs), fresh
     spec = stamp_spec(fresh)
 
     # What the first run leaves behind: the venv's python and both stamps (dev newer).
@@ -70,6 +73,13 @@ def test_second_setup_does_nothing_and_a_new_spec_sets_up_again(tmp_path: Path) 
     changed = make_dry_run(tmp_path, "setup-dev")
     assert "pip install" in changed and "apt-ensure.sh" in changed, changed
     assert stamp_spec(changed) != spec
+
+    # So is a changed lock: a moved pin reinstalls.
+    with (tmp_path / "constraints.txt").open("a") as f:
+        f.write("# changed\n")
+    relocked = make_dry_run(tmp_path, "setup-dev")
+    assert "pip install" in relocked
+    assert stamp_spec(relocked) not in (spec, stamp_spec(changed))
 
 
 def run_apt_ensure(*packages: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
