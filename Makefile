@@ -106,7 +106,7 @@ loadtest: setup-dev
 
 # Rewrite constraints.txt from the venv, after `pip install -U <package>` and a passing
 # `make test`: its header stays, the pins become what the venv holds (our own package left out).
-lock: setup-dev
+lock: $(DEV_STAMP)
 	@{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --exclude-editable 2>/dev/null; } > $(LOCK).new
 	@mv $(LOCK).new $(LOCK) && echo "lock: $$(grep -vc '^#' $(LOCK)) pins in $(LOCK)"
 

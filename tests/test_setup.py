@@ -67,6 +67,24 @@ def test_second_setup_does_nothing_and_a_new_spec_sets_up_again(tmp_path: Path) 
             assert step not in again, (target, again)
     assert "lass serve" in make_dry_run(tmp_path, "serve")
 
+    # make lock rewrites the pins from the venv and keeps the header (a stand-in python
+    # answers `-m pip freeze`); the set-up is current, so nothing is installed first.
+    (venv / "bin" / "python").write_text("#!/bin/sh\nprintf 'alpha==1.0\\nbeta==2.1\\n'\n")
+    (venv / "bin" / "python").chmod(0o755)
+    header = [
+        line for line in (REPO / "constraints.txt").read_text().splitlines() if line[:1] == "#"
+    ]
+    locked = subprocess.run(
+        ["make", "-C", str(tmp_path), "lock"], capture_output=True, text=True, timeout=60
+    )
+    assert locked.returncode == 0 and "lock: 2 pins" in locked.stdout, locked
+    assert (tmp_path / "constraints.txt").read_text().splitlines() == [
+        *header,
+        "alpha==1.0",
+        "beta==2.1",
+    ]
+    shutil.copy2(REPO / "constraints.txt", tmp_path / "constraints.txt")
+
     # A changed dependency spec (pyproject.toml) is a new stamp: set-up runs again.
     with (tmp_path / "pyproject.toml").open("a") as f:
         f.write("# changed\n")
