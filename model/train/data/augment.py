@@ -42,9 +42,9 @@ class AugmentConfig:
         unknown = sorted(set(self.codecs) - set(CODECS))
         if unknown:
             raise ValueError(f"unknown codecs {unknown}: choose from {sorted(CODECS)}")
-        if self.codec_prob > 0 and not self.codecs:
-            raise ValueError("codec_prob > 0 needs at least one codec")
         if self.codec_prob > 0:
+            if not self.codecs:
+                raise ValueError("codec_prob > 0 needs at least one codec")
             check_encoders(self.codecs)
 
     @classmethod
