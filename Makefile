@@ -106,8 +106,11 @@ loadtest: setup-dev
 
 # Rewrite constraints.txt from the venv, after `pip install -U <package>` and a passing
 # `make test`: its header stays, the pins become what the venv holds (our own package left out).
+# --all keeps setuptools, which torch requires at >= 77 so that pip would otherwise take its
+# newest; pip itself comes with the interpreter's venv, not from the lock.
 lock: $(DEV_STAMP)
-	@{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --exclude-editable 2>/dev/null; } > $(LOCK).new
+	@{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --all --exclude-editable 2>/dev/null | \
+		grep -v '^pip=='; } > $(LOCK).new
 	@mv $(LOCK).new $(LOCK) && echo "lock: $$(grep -vc '^#' $(LOCK)) pins in $(LOCK)"
 
 clean:

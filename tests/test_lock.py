@@ -5,6 +5,7 @@ tests run in holds exactly the pinned versions (make setup-dev installs with ``-
 from __future__ import annotations
 
 import re
+import sysconfig
 from importlib import metadata
 
 from packaging.requirements import Requirement
@@ -30,6 +31,17 @@ def pins() -> dict[str, Version]:
     return out
 
 
+def installed_versions() -> dict[str, Version]:
+    """Distributions installed in the venv's site-packages, by normalized name. Only there:
+    once imported, setuptools puts its ``_vendor`` folder on sys.path, whose private copies
+    (packaging among them) ``metadata.distributions()`` would list as well."""
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {
+        normalize(d.metadata["Name"]): Version(d.version)
+        for d in metadata.distributions(path=paths)
+    }
+
+
 def test_every_requirement_is_pinned_within_its_range() -> None:
     locked = pins()
     assert "lass-asr" not in locked  # our own package is installed from the checkout
@@ -46,9 +58,10 @@ def test_every_requirement_is_pinned_within_its_range() -> None:
 def test_the_venv_holds_the_locked_versions() -> None:
     # What the tests run with is what the lock says; a drifted venv (a pip install -U
     # without make lock) fails here instead of landing an untested pin.
-    installed = {
-        normalize(d.metadata["Name"]): Version(d.version) for d in metadata.distributions()
-    }
+    import setuptools  # noqa: F401  # appends its _vendor folder to sys.path, as in CI
+
+    installed = installed_versions()
+    assert installed["packaging"] == pins()["packaging"]  # not setuptools' vendored copy
     wrong = {
         name: f"locked {version}, installed {installed[name]}"
         for name, version in pins().items()

@@ -68,8 +68,11 @@ def test_second_setup_does_nothing_and_a_new_spec_sets_up_again(tmp_path: Path) 
     assert "lass serve" in make_dry_run(tmp_path, "serve")
 
     # make lock rewrites the pins from the venv and keeps the header (a stand-in python
-    # answers `-m pip freeze`); the set-up is current, so nothing is installed first.
-    (venv / "bin" / "python").write_text("#!/bin/sh\nprintf 'alpha==1.0\\nbeta==2.1\\n'\n")
+    # answers `-m pip freeze`); the set-up is current, so nothing is installed first. pip is
+    # left out: it comes with the interpreter.
+    (venv / "bin" / "python").write_text(
+        "#!/bin/sh\nprintf 'alpha==1.0\\npip==23.2.1\\nbeta==2.1\\n'\n"
+    )
     (venv / "bin" / "python").chmod(0o755)
     header = [
         line for line in (REPO / "constraints.txt").read_text().splitlines() if line[:1] == "#"
