@@ -68,5 +68,9 @@ def test_the_venv_holds_the_locked_versions() -> None:
         if name in installed and installed[name] != version
     }
     assert not wrong, f"{wrong}: make setup-dev, or make lock after a tested upgrade"
+    # And nothing in the venv escapes the lock (setuptools once did: pip freeze omits it),
+    # but pip, which comes with the interpreter, and our own package.
+    unlocked = set(installed) - set(pins()) - {"pip", "lass-asr"}
+    assert not unlocked, f"installed but not locked: {sorted(unlocked)}: run make lock"
     for name in ("torch", "av", "fastapi", "pytest"):  # the core is there at all
         assert name in installed
