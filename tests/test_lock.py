@@ -60,17 +60,17 @@ def test_the_venv_holds_the_locked_versions() -> None:
     # without make lock) fails here instead of landing an untested pin.
     import setuptools  # noqa: F401  # appends its _vendor folder to sys.path, as in CI
 
-    installed = installed_versions()
-    assert installed["packaging"] == pins()["packaging"]  # not setuptools' vendored copy
+    installed, locked = installed_versions(), pins()
+    assert installed["packaging"] == locked["packaging"]  # not setuptools' vendored copy
     wrong = {
         name: f"locked {version}, installed {installed[name]}"
-        for name, version in pins().items()
+        for name, version in locked.items()
         if name in installed and installed[name] != version
     }
     assert not wrong, f"{wrong}: make setup-dev, or make lock after a tested upgrade"
     # And nothing in the venv escapes the lock (setuptools once did: pip freeze omits it),
     # but pip, which comes with the interpreter, and our own package.
-    unlocked = set(installed) - set(pins()) - {"pip", "lass-asr"}
+    unlocked = set(installed) - set(locked) - {"pip", "lass-asr"}
     assert not unlocked, f"installed but not locked: {sorted(unlocked)}: run make lock"
     for name in ("torch", "av", "fastapi", "pytest"):  # the core is there at all
         assert name in installed
